@@ -350,7 +350,7 @@ def test_sampler_works_on_prepare_data_output(tmp_path, synthetic_corpus):
 
     cfg = load_config("tiny")
     out = tmp_path / "prepared"
-    prepare.prepare_data(dataclasses.replace(cfg.prepare, max_lines=300), out, data_dir=synthetic_corpus)
+    prepare.prepare_data(dataclasses.replace(cfg.prepare, max_lines=300, vocab_size=150), out, data_dir=synthetic_corpus)
     data = PreparedData(out)
     s = PretrainSampler(data, cfg.train, seed=0)
     for b in s.next_batches():

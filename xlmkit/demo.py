@@ -30,6 +30,9 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.steps is not None:
         overrides.append(f"train.max_steps={args.steps}")
+    if args.data_dir is None and not any(o.startswith("prepare.vocab_size=") for o in overrides):
+        # The generated corpus has a few hundred distinct words: a larger vocabulary cannot be learnt from it.
+        overrides.insert(0, "prepare.vocab_size=150")
     args.overrides = overrides
     cfg = config_from_args(args)
     out = Path(args.out)

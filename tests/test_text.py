@@ -1,0 +1,87 @@
+"""Text cleaning: normalisation, control characters, whitespace, idempotence, strict UTF-8 reading."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xlmkit.errors import DataError
+from xlmkit.text import HashSet64, clean_line, count_lines, filter_reason, line_hash, read_lines, remove_accents
+
+TRICKY = [
+    "  Ｆｕｌｌ－ｗｉｄｔｈ  ﬁne   ligatures\u00a0and no-break spaces ",
+    "tab\tand\nnewline\r\nand\x0bvertical\x1ffield",
+    "nul\x00 bell\x07 del\x7f c1\x85nel\x9a bom\ufeff zwsp\u200b",
+    "Persian zwnj: می\u200cخواهم, emoji zwj: 👩\u200d💻",
+    "Ångström CAFÉ İstanbul Straße ΣΊΣΥΦΟΣ",
+    "e\u0301 (decomposed é) ½ ² ㎏ ℃",
+    "",
+    "   ",
+]
+
+
+def test_nfkc_controls_and_whitespace():
+    assert clean_line("  Ｆｕｌｌ  ﬁne\u00a0x ") == "Full fine x"
+    assert clean_line("a\tb\nc\r\nd\x0be\x1ff") == "a b c d e f"  # whitespace controls become one space
+    assert clean_line("a\x00b\x07c\x7fd\x9ae\ufefff\u200bg") == "abcdefg"  # the others disappear
+    assert clean_line("a \x00 b") == "a b"  # removal happens before whitespace is collapsed
+    assert clean_line("e\u0301") == "\u00e9"  # NFKC composes
+    assert clean_line("می\u200cخواهم") == "می\u200cخواهم"  # ZWNJ carries meaning: kept
+
+
+def test_lowercase_and_accents_are_optional():
+    assert clean_line("Ça CAFÉ") == "Ça CAFÉ"
+    assert clean_line("Ça CAFÉ", lowercase=True) == "ça café"
+    assert clean_line("Ça CAFÉ", strip_accents=True) == "Ca CAFE"
+    assert clean_line("Ça CAFÉ", lowercase=True, strip_accents=True) == "ca cafe"
+    assert remove_accents("Ångström naïve") == "Angstrom naive"
+
+
+@pytest.mark.parametrize("lower,accents", [(False, False), (True, False), (False, True), (True, True)])
+def test_cleaning_is_idempotent(lower, accents):
+    for text in TRICKY:
+        once = clean_line(text, lower, accents)
+        assert clean_line(once, lower, accents) == once
+
+
+def test_length_filter():
+    assert filter_reason("ab", 3, 5) == "too_short"
+    assert filter_reason("abc", 3, 5) is None
+    assert filter_reason("abcdef", 3, 5) == "too_long"
+
+
+def test_line_hash_is_stable_64_bit_and_never_zero():
+    assert line_hash("hello") == line_hash("hello")
+    assert line_hash("hello") == int.from_bytes(__import__("hashlib").blake2b(b"hello", digest_size=8).digest(), "little")
+    assert line_hash("hello") != line_hash("hello ")
+    assert 0 < line_hash("x") < 2**64
+
+
+def test_hash_set_matches_a_python_set_across_batches_and_growth():
+    rng = np.random.default_rng(0)
+    hs, reference = HashSet64(capacity=16), set()
+    for _ in range(40):
+        batch = rng.integers(1, 3000, size=257).astype(np.uint64)  # many repeats, within and across batches
+        expected = []
+        for x in batch.tolist():
+            expected.append(x not in reference)
+            reference.add(x)
+        assert hs.add(batch).tolist() == expected
+    assert len(hs) == len(reference) and len(hs.table) >= 2 * len(hs)
+    assert hs.add(np.zeros(0, dtype=np.uint64)).tolist() == []
+
+
+def test_read_lines_strips_endings_and_stops_at_max(tmp_path):
+    p = tmp_path / "a.txt"
+    p.write_bytes(b"one\r\ntwo\nthree")
+    assert list(read_lines(p)) == ["one", "two", "three"]
+    assert list(read_lines(p, max_lines=2)) == ["one", "two"]
+    assert count_lines(p) == 3
+
+
+def test_invalid_utf8_names_file_and_line(tmp_path):
+    p = tmp_path / "bad.txt"
+    p.write_bytes(b"ok\nstill ok\nbroken \xff\xfe here\nfine\n")
+    with pytest.raises(DataError, match=r"bad\.txt:3: invalid UTF-8"):
+        list(read_lines(p))
+    assert list(read_lines(p, skip_bad_lines=True)) == ["ok", "still ok", None, "fine"]

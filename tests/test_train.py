@@ -1,0 +1,273 @@
+"""Pretraining: metrics, checkpoints of a real (tiny) run, exact resume, schedules, accumulation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from xlmkit.checkpoint import CHECKPOINTS, best_metric, list_step_checkpoints, load_model, read_state
+from xlmkit.cli import main
+from xlmkit.config import TrainConfig, load_config
+from xlmkit.errors import XlmkitError
+from xlmkit.metrics import read_metrics
+from xlmkit.train import lr_factor, pretrain
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_cpu_thread():
+    """Tiny models on a shared CPU: one thread is several times faster than two that contend."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def prepared(synthetic_corpus, tmp_path_factory) -> Path:
+    """The synthetic corpus prepared with the tiny preset, once per session. Its small grammar has
+    fewer distinct pieces than the preset's vocabulary size, hence a smaller one."""
+    from xlmkit.prepare import prepare_data
+
+    cfg = load_config("tiny", ["prepare.vocab_size=80"])
+    return prepare_data(cfg.prepare, tmp_path_factory.mktemp("prepared") / "data", data_dir=synthetic_corpus,
+                        progress=False)
+
+
+def config(*overrides: str):
+    return load_config("tiny", list(overrides))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(prepared, tmp_path_factory):
+    """A short bf16 run with MLM + TLM on every language / pair (the tiny preset's defaults)."""
+    run = tmp_path_factory.mktemp("tiny_run") / "run"
+    cfg = config("train.max_steps=20", "train.eval_every=10", "train.save_every=5", "train.keep_last=2",
+                 "train.log_every=5", "train.eval_batches=2")
+    final = pretrain(cfg, prepared, run)
+    return run, final
+
+
+def weights(run: Path, which: str = "latest") -> dict[str, torch.Tensor]:
+    return load_model(run, which=which).model.state_dict()
+
+
+# ----------------------------------------------------------------------------------------------
+# A real run
+
+
+def test_run_writes_resolved_config_vocab_tokenizer_and_checkpoints(tiny_run, prepared):
+    run, final = tiny_run
+    saved = json.loads((run / "config.json").read_text())
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    assert saved["model"]["vocab_size"] == manifest["vocab_size"] > 0
+    assert saved["model"]["n_langs"] == len(manifest["lang2id"]) and saved["model"]["pad_id"] == 1
+    vocab = json.loads((run / "vocab.json").read_text())
+    assert vocab["lang2id"] == manifest["lang2id"] and vocab["pairs"] == manifest["pairs"]
+    assert (run / "tokenizer.json").read_bytes() == (prepared / "tokenizer.json").read_bytes()
+    assert [s for s, _ in list_step_checkpoints(run)] == [15, 20]  # keep_last=2 of 5, 10, 15, 20
+    assert (run / CHECKPOINTS / "best" / "model.safetensors").is_file()
+    for f in (run / CHECKPOINTS).rglob("*"):
+        assert f.is_dir() or f.suffix in (".safetensors", ".json"), f
+    assert final["step"] == 20 and read_state(run / CHECKPOINTS / "step_00000020")["step"] == 20
+
+
+def test_metrics_jsonl_has_train_and_valid_lines_per_language(tiny_run, prepared):
+    run, final = tiny_run
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    train = read_metrics(run, "train")
+    valid = read_metrics(run, "valid")
+    assert [r["step"] for r in train] == [5, 10, 15, 20]
+    assert [r["step"] for r in valid] == [0, 10, 20]
+    for r in train:
+        for key in ("loss", "lr", "tokens_per_s", "grad_norm", "elapsed_s"):
+            assert isinstance(r[key], float) and math.isfinite(r[key]), key
+        objectives = [k for k in r if k.startswith("loss_")]
+        assert objectives and all(k.split("_")[1] in ("mlm", "tlm") for k in objectives)
+    seen_tasks = {k.split("_", 2)[2] for r in train for k in r if k.startswith("loss_")}
+    assert seen_tasks <= set(manifest["mono"]) | set(manifest["pairs"])
+    names = sorted(manifest["mono"]) + sorted(manifest["pairs"])
+    for r in valid:
+        for name in names:
+            assert r[f"ppl/{name}"] > 1.0 and 0.0 <= r[f"acc/{name}"] <= 1.0
+        ppls = [r[f"ppl/{n}"] for n in names]
+        assert r["mean_ppl"] == pytest.approx(sum(ppls) / len(ppls))
+    assert final["mean_ppl"] == valid[-1]["mean_ppl"]
+    assert (run / "tb").is_dir() and any((run / "tb").iterdir())
+
+
+def test_validation_perplexity_falls_on_the_learnable_corpus(tiny_run):
+    run, _ = tiny_run
+    valid = read_metrics(run, "valid")
+    first, last = valid[0], valid[-1]
+    assert last["mean_ppl"] < 0.5 * first["mean_ppl"]
+    for key in first:
+        if key.startswith("ppl/"):
+            assert last[key] < first[key], key
+
+
+def test_best_checkpoint_tracks_lowest_mean_validation_perplexity(tiny_run):
+    run, _ = tiny_run
+    valid = [r for r in read_metrics(run, "valid") if r["step"] > 0]
+    best = min(valid, key=lambda r: r["mean_ppl"])
+    assert best_metric(run) == pytest.approx(best["mean_ppl"])
+    assert read_state(run / CHECKPOINTS / "best")["step"] == best["step"]
+    loaded = load_model(run)  # best
+    assert loaded.path.name == "best" and loaded.config.model.vocab_size > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Resume
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_is_exact(prepared, tmp_path, monkeypatch):
+    """8 steps straight == 4 steps, a crash, then --resume (fp32, dropout on): every logged train loss
+    and every final weight identical."""
+    import xlmkit.metrics
+
+    overrides = ("train.max_steps=8", "train.save_every=4", "train.log_every=1", "train.eval_every=100",
+                 "train.eval_batches=1", "train.precision=fp32", "train.batch_size=8", "model.dropout=0.1",
+                 "model.attention_dropout=0.1")
+    cfg = config(*overrides)
+    pretrain(cfg, prepared, tmp_path / "straight")
+
+    real_log = xlmkit.metrics.MetricsLogger.log
+
+    def log_then_die(self, record):
+        if record["step"] == 6 and record["split"] == "train":
+            raise Killed  # after the step-4 checkpoint, with step 5 logged: it is trained again
+        real_log(self, record)
+
+    monkeypatch.setattr(xlmkit.metrics.MetricsLogger, "log", log_then_die)
+    with pytest.raises(Killed):
+        pretrain(cfg, prepared, tmp_path / "resumed")
+    monkeypatch.undo()
+    assert [r["step"] for r in read_metrics(tmp_path / "resumed", "train")] == list(range(1, 6))
+    pretrain(cfg, prepared, tmp_path / "resumed", resume=True)
+
+    straight = [(r["step"], r["loss"]) for r in read_metrics(tmp_path / "straight", "train")]
+    resumed = [(r["step"], r["loss"]) for r in read_metrics(tmp_path / "resumed", "train")]
+    assert straight == resumed and len(straight) == 8
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_resume_refuses_a_different_model_and_says_what_differs(tiny_run, prepared):
+    run, _ = tiny_run
+    with pytest.raises(XlmkitError, match=r"model\.dim: 64 \(checkpoint\) != 32 \(now\)"):
+        pretrain(config("train.max_steps=40", "model.dim=32"), prepared, run, resume=True)
+
+
+def test_fresh_run_into_an_existing_run_and_resume_of_nothing_are_refused(tiny_run, prepared, tmp_path):
+    run, _ = tiny_run
+    with pytest.raises(XlmkitError, match="already holds a run; pass --resume"):
+        pretrain(config(), prepared, run)
+    with pytest.raises(XlmkitError, match="no checkpoint to resume from"):
+        pretrain(config(), prepared, tmp_path / "empty", resume=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimisation details
+
+
+def test_schedule_shapes():
+    lin = TrainConfig(schedule="linear", warmup_steps=10, max_steps=50, lr=1.0)
+    assert [lr_factor(s, lin) for s in (0, 4, 9)] == [0.1, 0.5, 1.0]
+    assert [lr_factor(s, lin) for s in (10, 30, 49, 50)] == [1.0, 0.5, 1 / 40, 0.0]
+    isq = TrainConfig(schedule="inverse_sqrt", warmup_steps=10, max_steps=100, lr=1.0)
+    assert [lr_factor(s, isq) for s in (0, 9, 10, 40, 90)] == pytest.approx([0.1, 1.0, 1.0, 0.5, 1 / 3])
+    const = TrainConfig(schedule="constant", warmup_steps=4, max_steps=100, lr=1.0)
+    assert [lr_factor(s, const) for s in (0, 3, 4, 99)] == [0.25, 1.0, 1.0, 1.0]
+    no_warmup = TrainConfig(schedule="linear", warmup_steps=0, max_steps=10, lr=1.0)
+    assert [lr_factor(s, no_warmup) for s in (0, 5, 9)] == [1.0, 0.5, 0.1]
+
+
+def test_logged_learning_rate_follows_the_schedule(tiny_run):
+    run, _ = tiny_run
+    cfg = load_config(str(run / "config.json"))
+    for r in read_metrics(run, "train"):  # lr of the record's last step (0-based step - 1)
+        assert r["lr"] == pytest.approx(cfg.train.lr * lr_factor(r["step"] - 1, cfg.train))
+
+
+def test_gradient_accumulation_matches_one_big_batch(prepared, tmp_path):
+    common = ("train.max_steps=3", "train.batch_size=8", "train.log_every=1", "train.eval_every=100",
+              "train.eval_batches=1", "train.precision=fp32", "model.dropout=0", "model.attention_dropout=0")
+    pretrain(config(*common, "train.grad_accum=1"), prepared, tmp_path / "accum1")
+    pretrain(config(*common, "train.grad_accum=2"), prepared, tmp_path / "accum2")
+    one = read_metrics(tmp_path / "accum1", "train")
+    two = read_metrics(tmp_path / "accum2", "train")
+    assert len(one) == len(two) == 3
+    for r1, r2 in zip(one, two):
+        assert r1.keys() == r2.keys()
+        for key in r1:
+            if key.startswith("loss"):
+                assert r1[key] == pytest.approx(r2[key], abs=1e-5), (r1["step"], key)
+    a, b = weights(tmp_path / "accum1"), weights(tmp_path / "accum2")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+def test_cli_pretrain_with_clm(prepared, tmp_path, capsys):
+    run = tmp_path / "cli"
+    args = ["pretrain", "--config", "tiny", "--data", str(prepared), "--out", str(run),
+            "--set", "train.max_steps=4", "--set", "train.log_every=2", "--set", "train.eval_batches=1",
+            "--set", "train.clm_steps=en", "--set", "train.tlm_steps=none", "--set", "train.batch_size=4"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "validation perplexity" in out and "done in" in out
+    objectives = {k.split("_")[1] for r in read_metrics(run, "train") for k in r if k.startswith("loss_")}
+    assert objectives == {"mlm", "clm"}
+    assert main(["pretrain", "--data", str(prepared), "--out", str(tmp_path / "none"), "--resume"]) == 2
+    assert "xlmkit pretrain: error: " in capsys.readouterr().err
+
+
+def test_profiler_writes_a_trace(prepared, tmp_path):
+    run = tmp_path / "prof"
+    pretrain(config("train.max_steps=5", "train.profile=true", "train.eval_batches=1", "train.batch_size=2",
+                    "train.bptt=16", "train.tlm_steps=none"), prepared, run)
+    assert any(f.name.endswith(".json") for f in (run / "profile").iterdir())
+
+
+@pytest.mark.slow
+def test_compiled_model_trains(prepared, tmp_path):
+    final = pretrain(config("train.max_steps=4", "train.compile=true", "train.eval_batches=1"), prepared,
+                     tmp_path / "compiled")
+    assert math.isfinite(final["loss"])
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_one_process(prepared, tmp_path):
+    """torchrun-style gloo run on CPU: the same losses as one process (fp32, no dropout)."""
+    import subprocess
+    import sys
+
+    common = ["--config", "tiny", "--data", str(prepared), "--set", "train.max_steps=3", "--set",
+              "train.batch_size=8", "--set", "train.log_every=1", "--set", "train.eval_batches=1", "--set",
+              "train.precision=fp32", "--set", "model.dropout=0", "--set", "model.attention_dropout=0",
+              "--set", "train.device=cpu"]
+    assert main(["pretrain", *common, "--out", str(tmp_path / "one")]) == 0
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           "--master-port", "29533", "-m", "xlmkit", "pretrain", *common,
+                           "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = read_metrics(tmp_path / "one", "train")
+    two = read_metrics(tmp_path / "two", "train")
+    assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2, 3]
+    for r1, r2 in zip(one, two):
+        assert r1["loss"] == pytest.approx(r2["loss"], abs=1e-5)
+    v1, v2 = read_metrics(tmp_path / "one", "valid")[-1], read_metrics(tmp_path / "two", "valid")[-1]
+    assert v1["mean_ppl"] == pytest.approx(v2["mean_ppl"], rel=1e-4)

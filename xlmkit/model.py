@@ -1,0 +1,311 @@
+"""The XLM Transformer encoder (Lample & Conneau 2019) and its XLM-R variant (Conneau et al. 2019).
+
+    model = XLMModel(cfg.model)                       # resolved ModelConfig
+    h = model(input_ids, langs, positions, attention_mask, causal=False)   # (B, T, D)
+    logits = model.mlm_logits(h[pred_mask])           # (N, V)  tied output layer, predicted positions only
+    logits = model.clm_logits(h)                      # (B, T, V)
+    emb = model.sentence_embedding(input_ids, langs, attention_mask, layer=-1)   # (B, D)
+
+The computation is the one of Hugging Face `XLMModel` / `XLMWithLMHeadModel` (post-LN, exact erf GELU,
+dropout after attention and after the FFN, hidden states zeroed at padding after every block), so
+weights convert with a name mapping only. Parameter names, in order:
+
+    token_embeddings.weight                 (V, D)   tied with the output layer
+    position_embeddings.weight              (P, D)   absent with sinusoidal_embeddings (a buffer then)
+    lang_embeddings.weight                  (L, D)   only with use_lang_emb and n_langs > 1 (as XLM)
+    layer_norm_emb.{weight,bias}
+    layers.{i}.attention.{q_lin,k_lin,v_lin,out_lin}.{weight,bias}
+    layers.{i}.layer_norm1.{weight,bias}    post-LN: after attention; pre-LN: before it
+    layers.{i}.ffn.{lin1,lin2}.{weight,bias}
+    layers.{i}.layer_norm2.{weight,bias}
+    layer_norm_final.{weight,bias}          pre-LN only
+    mlm_head.dense.{weight,bias}, mlm_head.layer_norm.{weight,bias}   head_transform only (XLM-R)
+    mlm_head.bias                           (V,)
+
+The model is free of objectives: masking, losses and step mixing live in the training code.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from xlmkit.config import ModelConfig
+
+
+# ----------------------------------------------------------------------------------------------
+# Small blocks
+
+
+def create_sinusoidal_embeddings(n_pos: int, dim: int) -> Tensor:
+    """Fixed position table of Vaswani et al. 2017, laid out exactly as XLM's (sin on even, cos on odd
+    columns, computed in float64 then rounded to float32)."""
+    pos = torch.arange(n_pos, dtype=torch.float64)[:, None]  # (P, 1)
+    j = torch.arange(dim, dtype=torch.float64)[None, :]  # (1, D)
+    angle = pos / torch.pow(10000.0, 2 * torch.div(j, 2, rounding_mode="floor") / dim)  # (P, D)
+    out = torch.empty(n_pos, dim, dtype=torch.float64)
+    out[:, 0::2] = torch.sin(angle[:, 0::2])
+    out[:, 1::2] = torch.cos(angle[:, 1::2])
+    return out.float()
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with separate q, k, v, out projections (the layout of HF XLM's
+    `MultiHeadAttention`), computed by `scaled_dot_product_attention`."""
+
+    def __init__(self, dim: int, n_heads: int, attention_dropout: float) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.head_dim = dim // n_heads
+        self.attention_dropout = attention_dropout
+        self.q_lin = nn.Linear(dim, dim)
+        self.k_lin = nn.Linear(dim, dim)
+        self.v_lin = nn.Linear(dim, dim)
+        self.out_lin = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None, is_causal: bool) -> Tensor:
+        # x (B, T, D); attn_mask None or bool (B, 1, 1|T, T), True = may attend
+        B, T, D = x.shape
+        q = self.q_lin(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        k = self.k_lin(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        v = self.v_lin(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+            dropout_p=self.attention_dropout if self.training else 0.0,
+        )  # (B, H, T, hd)
+        y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, D)
+        return self.out_lin(y)
+
+
+class FeedForward(nn.Module):
+    """lin1 -> exact (erf) GELU -> lin2, as HF XLM's `TransformerFFN` with gelu_activation."""
+
+    def __init__(self, dim: int, ffn_dim: int) -> None:
+        super().__init__()
+        self.lin1 = nn.Linear(dim, ffn_dim)
+        self.lin2 = nn.Linear(ffn_dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.lin2(F.gelu(self.lin1(x)))  # (B, T, D)
+
+
+class TransformerLayer(nn.Module):
+    """One encoder block. Post-LN (XLM, Vaswani et al. 2017):
+        x = LN1(x + drop(attn(x)));  x = LN2(x + drop(ffn(x)))
+    Pre-LN (Xiong et al. 2020), more stable at depth:
+        x = x + drop(attn(LN1(x)));  x = x + drop(ffn(LN2(x)))"""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.pre_ln = cfg.pre_ln
+        self.dropout = cfg.dropout
+        self.attention = SelfAttention(cfg.dim, cfg.n_heads, cfg.attention_dropout)
+        self.layer_norm1 = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
+        self.ffn = FeedForward(cfg.dim, cfg.ffn_dim)
+        self.layer_norm2 = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None, is_causal: bool) -> Tensor:
+        # x (B, T, D)
+        p = self.dropout if self.training else 0.0
+        if self.pre_ln:
+            x = x + F.dropout(self.attention(self.layer_norm1(x), attn_mask, is_causal), p, self.training)
+            x = x + F.dropout(self.ffn(self.layer_norm2(x)), p, self.training)
+        else:
+            x = self.layer_norm1(x + F.dropout(self.attention(x, attn_mask, is_causal), p, self.training))
+            x = self.layer_norm2(x + F.dropout(self.ffn(x), p, self.training))
+        return x  # (B, T, D)
+
+
+class MLMHead(nn.Module):
+    """Output layer over the vocabulary; its weight is the token embedding matrix (tied, Press & Wolf
+    2017), passed in at call time so the state dict holds it once. head_transform=False: XLM's
+    prediction layer (tied linear + bias). True: XLM-R's (dense D->D, GELU, LayerNorm, tied linear +
+    bias), as HF `XLMRobertaLMHead`."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.head_transform:
+            self.dense = nn.Linear(cfg.dim, cfg.dim)
+            self.layer_norm = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
+        else:
+            self.dense = None
+            self.layer_norm = None
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+
+    def forward(self, h: Tensor, weight: Tensor) -> Tensor:
+        # h (..., D), weight (V, D)
+        if self.dense is not None:
+            h = self.layer_norm(F.gelu(self.dense(h)))
+        return F.linear(h, weight, self.bias)  # (..., V)
+
+
+# ----------------------------------------------------------------------------------------------
+# The encoder
+
+
+class XLMModel(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if not cfg.resolved:
+            raise ValueError(
+                "XLMModel needs a resolved ModelConfig (vocab_size, n_langs and pad_id come from the "
+                f"prepared data's manifest); got vocab_size={cfg.vocab_size}, n_langs={cfg.n_langs}, "
+                f"pad_id={cfg.pad_id}")
+        if cfg.pad_id >= cfg.vocab_size:
+            raise ValueError(f"pad_id ({cfg.pad_id}) must be < vocab_size ({cfg.vocab_size})")
+        self.cfg = cfg
+        self.pad_id = cfg.pad_id
+        self.dropout = cfg.dropout
+
+        self.token_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim, padding_idx=cfg.pad_id)
+        if cfg.sinusoidal_embeddings:
+            # fixed, not trained and not saved: recomputed from the config
+            self.position_embeddings = None
+            self.register_buffer("position_table", create_sinusoidal_embeddings(cfg.max_positions, cfg.dim),
+                                 persistent=False)
+        else:
+            self.position_embeddings = nn.Embedding(cfg.max_positions, cfg.dim)
+            self.position_table = None
+        # as XLM: a single language has no language embedding (it would only shift every input)
+        use_lang = cfg.use_lang_emb and cfg.n_langs > 1
+        self.lang_embeddings = nn.Embedding(cfg.n_langs, cfg.dim) if use_lang else None
+        self.layer_norm_emb = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
+        self.layers = nn.ModuleList(TransformerLayer(cfg) for _ in range(cfg.n_layers))
+        self.layer_norm_final = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps) if cfg.pre_ln else None
+        self.mlm_head = MLMHead(cfg)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """XLM's init: embeddings N(0, D^-0.5) with a zero padding row; Linear N(0, 0.02) (as HF's
+        init_std), zero biases; LayerNorm 1, 0."""
+        std = self.cfg.dim ** -0.5
+        for module in self.modules():
+            if isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                if module.padding_idx is not None:
+                    with torch.no_grad():
+                        module.weight[module.padding_idx].zero_()
+            elif isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.zeros_(self.mlm_head.bias)
+
+    @property
+    def output_weight(self) -> Tensor:
+        """The output layer's weight: the token embedding matrix itself (same storage)."""
+        return self.token_embeddings.weight
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ------------------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        langs: Tensor | None = None,
+        positions: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        causal: bool = False,
+        output_hidden_states: bool = False,
+    ) -> Tensor | tuple[Tensor, list[Tensor]]:
+        """input_ids (B, T) long; langs (B, T) long or None (no language embedding added);
+        positions (B, T) long, default 0..T-1; attention_mask (B, T) bool, True = real token, default
+        input_ids != pad_id; causal: each position attends only to itself and earlier ones (CLM).
+        Returns h (B, T, D), exactly 0 at padding, or (h, [embeddings_out, layer_1_out, ...]) whose
+        last entry is h."""
+        B, T = input_ids.shape
+        if attention_mask is None:
+            attention_mask = input_ids != self.pad_id  # (B, T)
+        elif attention_mask.dtype != torch.bool:
+            attention_mask = attention_mask != 0
+        # The common pretraining batch (a stream of text) has no padding: skip every mask then, so SDPA
+        # can take its fused paths and nothing is multiplied by ones.
+        padded = not bool(attention_mask.all())
+
+        # embeddings
+        if positions is None:
+            if T > self.cfg.max_positions:
+                raise ValueError(f"sequence length {T} exceeds model.max_positions={self.cfg.max_positions}")
+            positions = torch.arange(T, device=input_ids.device)[None, :]  # (1, T)
+        x = self.token_embeddings(input_ids)  # (B, T, D)
+        if self.position_embeddings is not None:
+            x = x + self.position_embeddings(positions)  # (B, T, D)
+        else:
+            x = x + F.embedding(positions, self.position_table)  # (B, T, D)
+        if langs is not None and self.lang_embeddings is not None:
+            x = x + self.lang_embeddings(langs)  # (B, T, D)
+        x = self.layer_norm_emb(x)
+        x = F.dropout(x, self.dropout, self.training)
+
+        # attention mask: True = may attend
+        if not padded:
+            attn_mask, is_causal = None, causal
+        else:
+            pad_out = ~attention_mask[:, :, None]  # (B, T, 1)
+            x = x.masked_fill(pad_out, 0.0)
+            attn_mask = attention_mask[:, None, None, :]  # (B, 1, 1, T): keys that are real tokens
+            if causal:
+                lower = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()  # (T, T)
+                attn_mask = attn_mask & lower  # (B, 1, T, T)
+            is_causal = False
+
+        hidden_states = [x] if output_hidden_states else None
+        for i, layer in enumerate(self.layers):
+            x = layer(x, attn_mask, is_causal)  # (B, T, D)
+            if self.layer_norm_final is not None and i == len(self.layers) - 1:
+                x = self.layer_norm_final(x)
+            if padded:
+                # as XLM: padded positions are exactly 0 after every block, so what a real token sees
+                # never depends on how much padding its batch has (masked_fill, not a product, so a
+                # fully masked row can never leak NaN)
+                x = x.masked_fill(pad_out, 0.0)
+            if output_hidden_states:
+                hidden_states.append(x)
+        if output_hidden_states:
+            return x, hidden_states
+        return x
+
+    # ------------------------------------------------------------------------------------------
+    # Heads (tied to the input embeddings)
+
+    def mlm_logits(self, h_pred: Tensor) -> Tensor:
+        """h_pred (N, D): hidden states at the predicted positions only (h[pred_mask]) -> (N, V).
+        Computing the V-sized output only where a loss is taken is most of the cost saved in MLM."""
+        return self.mlm_head(h_pred, self.token_embeddings.weight)  # (N, V)
+
+    def clm_logits(self, h: Tensor) -> Tensor:
+        """h (..., D) -> (..., V), the same tied head at every position."""
+        return self.mlm_head(h, self.token_embeddings.weight)  # (..., V)
+
+    # ------------------------------------------------------------------------------------------
+
+    def sentence_embedding(
+        self,
+        input_ids: Tensor,
+        langs: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        layer: int = -1,
+    ) -> Tensor:
+        """Mean of the hidden states of the real tokens at hidden-state index `layer` (0 = embeddings,
+        n_layers or -1 = last) -> (B, D). Uses the current mode: call model.eval() for retrieval."""
+        n = len(self.layers) + 1
+        if not -n <= layer < n:
+            raise ValueError(f"layer must be in [{-n}, {n - 1}] for a {n - 1}-layer model, got {layer}")
+        if attention_mask is None:
+            attention_mask = input_ids != self.pad_id
+        elif attention_mask.dtype != torch.bool:
+            attention_mask = attention_mask != 0
+        if layer in (-1, n - 1):
+            h = self(input_ids, langs=langs, attention_mask=attention_mask)  # (B, T, D)
+        else:
+            _, hidden_states = self(input_ids, langs=langs, attention_mask=attention_mask,
+                                    output_hidden_states=True)
+            h = hidden_states[layer]  # (B, T, D)
+        m = attention_mask[:, :, None].to(h.dtype)  # (B, T, 1)
+        return (h * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, D)
+

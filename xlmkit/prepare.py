@@ -1,0 +1,730 @@
+"""`xlmkit prepare`: raw text -> clean text -> shared tokenizer -> memory-mappable token shards.
+
+The output format is the contract in xlmkit/data.py (read by `PreparedData`). The pipeline streams:
+
+1. clean   each input file is read line by line, normalised (xlmkit.text.clean_line), filtered by
+           length and deduplicated (xlmkit.text.HashSet64 of 64-bit line hashes per language / pair:
+           the only state that grows with the corpus, 16-32 bytes per distinct line); clean lines go
+           to a work file and nothing else is kept. Parallel files are read in lockstep: a pair is dropped if either
+           side is filtered, dedup is on the pair.
+2. sample  a language-balanced sample of the clean lines (q_i ∝ n_i^alpha, parallel text counted
+           toward its languages) streams into the tokenizer trainer; memory O(sample size).
+3. encode  worker processes encode chunks of `prepare.chunk_lines` lines, reading their chunk from
+           the work file themselves; the parent writes results in order to the split shards. At
+           most 2 chunks per worker are in flight, so memory does not grow with the corpus.
+4. finish  manifest.json (written last) and a rename of OUT.tmp-xxxx to OUT, so a failed run never
+           leaves an output that a later run could take for finished.
+
+Re-running with the same inputs (by sha256) and the same settings finds the stamp in the existing
+manifest and returns at once ("up to date").
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import multiprocessing as mp
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import zlib
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from xlmkit.config import PrepareConfig, config_to_dict
+from xlmkit.data import FORMAT, FORMAT_VERSION, SPLITS, SpecialIds, shard_paths
+from xlmkit.errors import DataError
+from xlmkit.langs import canonical_lang, canonical_pair
+from xlmkit.text import (HashSet64, clean_line, count_lines, file_sha256, filter_reason, line_hash,
+                         read_lines)
+
+# Settings that change how fast the output is made, not what it contains (left out of the stamp).
+_NON_OUTPUT_SETTINGS = ("workers", "chunk_lines")
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs: discovery, canonical language codes, duplicates
+
+
+@dataclass(frozen=True)
+class Source:
+    """One monolingual language (one file) or one parallel pair (two line-aligned files)."""
+
+    kind: str  # "mono" | "para"
+    name: str  # "en" or "en-fr"
+    files: tuple[Path, ...]  # (path,) or (path_a, path_b) in pair order
+
+    @property
+    def langs(self) -> tuple[str, ...]:
+        return (self.name,) if self.kind == "mono" else tuple(self.name.split("-"))
+
+
+_PARA_NAME = re.compile(r"^(?:(?P<prefix>.+)\.)?(?P<a>[A-Za-z]{2,3})-(?P<b>[A-Za-z]{2,3})\.(?P<side>[A-Za-z]{2,3})$")
+
+
+def discover_inputs(data_dir: str | Path) -> tuple[dict[str, Path], dict[str, tuple[Path, Path]]]:
+    """Find monolingual `{lang}.txt` and parallel `[name.]{a}-{b}.{a}` / `.{b}` files.
+
+    Looks in `data_dir` itself and in its `mono/` and `parallel/` subfolders (other subfolders, such
+    as evaluation sets, are ignored). Codes are canonicalised (mono/eng.txt -> 'en'); two files for
+    the same language or pair are an error.
+    """
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DataError(f"data directory not found: {root}")
+    folders = [root] + [root / sub for sub in ("mono", "parallel") if (root / sub).is_dir()]
+    mono: dict[str, Path] = {}
+    sides: dict[tuple[str, str], dict[str, Path]] = {}  # (prefix, raw pair) -> {raw side code: path}
+    for folder in folders:
+        for path in sorted(p for p in folder.iterdir() if p.is_file()):
+            if path.suffix == ".txt" and "." not in path.stem:
+                try:
+                    lang = canonical_lang(path.stem)
+                except ValueError:
+                    continue  # README.txt, notes.txt ...
+                if lang in mono:
+                    raise DataError(f"duplicate language {lang!r}: {mono[lang]} and {path}")
+                mono[lang] = path
+                continue
+            m = _PARA_NAME.match(path.name)
+            if m and m["side"].lower() in (m["a"].lower(), m["b"].lower()):
+                raw_pair = f"{m['a']}-{m['b']}"
+                sides.setdefault((str(path.parent / (m["prefix"] or "")), raw_pair), {})[m["side"].lower()] = path
+    para: dict[str, tuple[Path, Path]] = {}
+    for (_prefix, raw_pair), files in sorted(sides.items()):
+        a, b = (x.lower() for x in raw_pair.split("-"))
+        if a not in files or b not in files:
+            have = next(iter(files.values()))
+            missing = b if a in files else a
+            raise DataError(f"{have}: parallel file without its other side (expected a file ending in "
+                            f"{raw_pair}.{missing} beside it)")
+        try:
+            pair = canonical_pair(raw_pair)
+        except ValueError as e:
+            raise DataError(f"{files[a]}: {e}") from None
+        if pair in para or _reverse(pair) in para:
+            other = para.get(pair) or para.get(_reverse(pair))
+            raise DataError(f"duplicate language pair {pair!r}: {other[0]} and {files[a]}")
+        para[pair] = (files[a], files[b])
+    return mono, para
+
+
+def _reverse(pair: str) -> str:
+    a, b = pair.split("-")
+    return f"{b}-{a}"
+
+
+def resolve_sources(mono: dict[str, str | Path] | None = None,
+                    para: dict[str, tuple[str | Path, str | Path]] | None = None,
+                    data_dir: str | Path | None = None) -> list[Source]:
+    """Merge discovered and explicit inputs into Sources with canonical codes; check the files exist.
+
+    'eng' and 'en' are the same language, so `{'en': a, 'eng': b}` is a duplicate, as is a pair given
+    both ways round ('en-fr' and 'fr-en').
+    """
+    items_mono: list[tuple[str, Path]] = []  # (code as given, path)
+    items_para: list[tuple[str, tuple[Path, Path]]] = []
+    if data_dir is not None:
+        found_mono, found_para = discover_inputs(data_dir)
+        items_mono += list(found_mono.items())
+        items_para += list(found_para.items())
+    items_mono += [(k, Path(v)) for k, v in (mono or {}).items()]
+    for k, v in (para or {}).items():
+        if len(v) != 2:
+            raise DataError(f"parallel pair {k!r} needs two files, got {len(v)}")
+        items_para.append((k, (Path(v[0]), Path(v[1]))))
+
+    sources: dict[str, Source] = {}
+    given: dict[str, str] = {}  # how each language / pair was given, for duplicate messages
+    for code, path in items_mono:
+        try:
+            lang = canonical_lang(code)
+        except ValueError:
+            raise DataError(f"unknown language code {code!r} for {path} "
+                            f"(expected ISO 639-1 or 639-3, e.g. 'en' or 'eng')") from None
+        if lang in sources:
+            raise DataError(f"duplicate language {lang!r}: {given[lang]} and {code}={path} are the same language")
+        sources[lang], given[lang] = Source("mono", lang, (path,)), f"{code}={path}"
+    for code, paths in items_para:
+        try:
+            pair = canonical_pair(code)
+        except ValueError as e:
+            raise DataError(f"bad language pair {code!r} for {paths[0]}, {paths[1]}: {e}") from None
+        key = "para:" + "-".join(sorted(pair.split("-")))
+        if key in sources:
+            raise DataError(f"duplicate language pair {pair!r}: {given[key]} and {code}={paths[0]},{paths[1]}")
+        sources[key], given[key] = Source("para", pair, paths), f"{code}={paths[0]},{paths[1]}"
+    if not sources:
+        where = f" in {data_dir} (looked for {{lang}}.txt and {{a}}-{{b}}.{{a}} files, also in mono/ and parallel/)" \
+            if data_dir is not None else ""
+        raise DataError(f"no input text{where}; give --data-dir, --mono or --para")
+    for src in sources.values():
+        for path in src.files:
+            if not path.is_file():
+                raise DataError(f"{path}: file not found ({src.kind} input for {src.name})")
+    return sorted(sources.values(), key=lambda s: (s.kind != "mono", s.name))
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 1: clean, filter, dedup (streaming)
+
+
+@dataclass
+class Cleaned:
+    """A source after cleaning: its clean lines in work files, and what was dropped on the way."""
+
+    source: Source
+    work_files: tuple[Path, ...]
+    chunk_lines: int  # lines per encoding chunk
+    n_lines: int = 0  # kept lines (pairs)
+    chunk_starts: list[tuple[int, ...]] = field(default_factory=list)  # byte offsets, every chunk_lines lines
+    lines_read: int = 0
+    dropped: dict[str, int] = field(default_factory=lambda: dict(bad_utf8=0, too_short=0, too_long=0, duplicate=0))
+
+
+def _paired_lines(src: Source, cfg: PrepareConfig) -> Iterator[tuple[str | None, str | None]]:
+    """Both sides of a parallel source in lockstep; different line counts are an error naming both."""
+    a_path, b_path = src.files
+    end = object()
+    a_lines = read_lines(a_path, cfg.max_lines, cfg.skip_bad_lines)
+    b_lines = read_lines(b_path, cfg.max_lines, cfg.skip_bad_lines)
+    for a, b in itertools.zip_longest(a_lines, b_lines, fillvalue=end):
+        if a is end or b is end:
+            raise DataError(f"parallel files have different line counts: {a_path} has {count_lines(a_path)} lines, "
+                            f"{b_path} has {count_lines(b_path)} lines")
+        yield a, b
+
+
+def clean_source(src: Source, cfg: PrepareConfig, work_dir: Path, progress: bool = False,
+                 batch_lines: int = 4096) -> Cleaned:
+    """Stream one source through cleaning into work files (one clean line per line).
+
+    Lines go through in batches so that dedup (a HashSet64 of 64-bit line hashes, the only state
+    that grows with the corpus) costs a few numpy operations per batch rather than per line.
+    """
+    from tqdm import tqdm
+
+    work_files = tuple(work_dir / f"{src.kind}.{src.name}.{i}.txt" for i in range(len(src.files)))
+    out = Cleaned(src, work_files, cfg.chunk_lines)
+    seen = HashSet64()
+    lines = ((x,) for x in read_lines(src.files[0], cfg.max_lines, cfg.skip_bad_lines)) \
+        if src.kind == "mono" else _paired_lines(src, cfg)
+    bar = tqdm(desc=f"clean {src.name}", unit=" lines", disable=not progress, file=sys.stderr,
+               mininterval=0.5, leave=False)
+    handles = [open(p, "w", encoding="utf-8", newline="\n") for p in work_files]
+    try:
+        while batch := list(itertools.islice(lines, batch_lines)):
+            out.lines_read += len(batch)
+            bar.update(len(batch))
+            survivors = []
+            for raw in batch:
+                if any(x is None for x in raw):
+                    out.dropped["bad_utf8"] += 1
+                    continue
+                texts = [clean_line(x, cfg.lowercase, cfg.strip_accents) for x in raw]
+                reason = next(filter(None, (filter_reason(t, cfg.min_chars, cfg.max_chars) for t in texts)), None)
+                if reason:
+                    out.dropped[reason] += 1
+                else:
+                    survivors.append(texts)
+            if cfg.dedup and survivors:
+                # Dedup on the whole pair for parallel text; clean text holds no tab, so joining is unambiguous.
+                hashes = np.fromiter((line_hash("\t".join(t)) for t in survivors), dtype=np.uint64, count=len(survivors))
+                is_new = seen.add(hashes)
+                out.dropped["duplicate"] += len(survivors) - int(is_new.sum())
+                survivors = [t for t, new in zip(survivors, is_new) if new]
+            for texts in survivors:
+                if out.n_lines % cfg.chunk_lines == 0:
+                    out.chunk_starts.append(tuple(f.tell() for f in handles))
+                for f, text in zip(handles, texts):
+                    f.write(text + "\n")
+                out.n_lines += 1
+    finally:
+        bar.close()
+        for f in handles:
+            f.close()
+    if out.lines_read == 0:
+        raise DataError(f"{_files(src)}: empty file" + ("s" if len(src.files) > 1 else ""))
+    if out.n_lines == 0:
+        drops = ", ".join(f"{k}={v}" for k, v in out.dropped.items() if v)
+        raise DataError(f"{_files(src)}: no usable lines after cleaning ({out.lines_read} read; dropped {drops}; "
+                        f"prepare.min_chars={cfg.min_chars}, prepare.max_chars={cfg.max_chars})")
+    return out
+
+
+def _files(src: Source) -> str:
+    return " / ".join(str(p) for p in src.files)
+
+
+def _read_work_lines(path: Path, start: int = 0, n: int | None = None) -> Iterator[str]:
+    with open(path, encoding="utf-8", newline="\n") as f:
+        f.seek(start)
+        for line in itertools.islice(f, n):
+            yield line[:-1]
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 2: the language-balanced tokenizer sample and the tokenizer
+
+
+def _lang_segments(cleaned: list[Cleaned]) -> dict[str, list[tuple[Path, int]]]:
+    """lang -> the work files holding its clean lines (mono file and parallel sides), with line counts."""
+    segments: dict[str, list[tuple[Path, int]]] = {}
+    for c in cleaned:
+        for lang, path in zip(c.source.langs, c.work_files):
+            segments.setdefault(lang, []).append((path, c.n_lines))
+    return segments
+
+
+def tokenizer_sample(cleaned: list[Cleaned], cfg: PrepareConfig, rng: np.random.Generator
+                     ) -> tuple[Iterator[str], dict[str, int]]:
+    """A streaming language-balanced sample of the clean text, and the sentences per language in it."""
+    from xlmkit.tokenizer import iter_sampled, sample_line_indices
+
+    segments = _lang_segments(cleaned)
+    counts = {lang: sum(n for _, n in segs) for lang, segs in segments.items()}
+    indices = sample_line_indices(counts, cfg.alpha, cfg.tokenizer_sample_sentences, rng)
+
+    def lines() -> Iterator[str]:
+        for lang in sorted(segments):
+            chained = itertools.chain.from_iterable(_read_work_lines(p) for p, _ in segments[lang])
+            yield from iter_sampled(chained, indices[lang])
+
+    return lines(), {lang: len(ix) for lang, ix in indices.items()}
+
+
+def fit_tokenizer(cleaned: list[Cleaned], cfg: PrepareConfig, progress: bool = False):
+    """Train the shared tokenizer on a balanced sample; return (tokenizer, sample sizes per language)."""
+    from xlmkit.tokenizer import train_tokenizer
+
+    def sample():  # the same seeded sample each time it is asked for (the trainer may need two passes)
+        return tokenizer_sample(cleaned, cfg, np.random.default_rng([cfg.seed, 1]))
+
+    _, sizes = sample()
+    tok = train_tokenizer(lambda: sample()[0], sorted(sizes), cfg.tokenizer, cfg.vocab_size, cfg.lowercase,
+                          cfg.strip_accents, n_sentences=cfg.tokenizer_sample_sentences, show_progress=progress)
+    return tok, sizes
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 3: encode in worker processes, write split shards
+
+
+def split_indices(n: int, cfg: PrepareConfig, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted line indices of the valid and test splits of a source with n kept lines.
+
+    A seeded choice keyed by (seed, source name), capped at 10% of the lines each, so splits do not
+    depend on chunking or worker count, and memory is O(valid + test), not O(n).
+    """
+    n_valid = min(cfg.valid_sentences, n // 10)
+    n_test = min(cfg.test_sentences, n // 10)
+    rng = np.random.default_rng([cfg.seed, zlib.crc32(name.encode()), 2])
+    chosen = rng.choice(n, size=n_valid + n_test, replace=False)
+    return np.sort(chosen[:n_valid]), np.sort(chosen[n_valid:])
+
+
+_WORKER_TOKENIZER = None
+
+
+def _init_worker(tokenizer_json: str) -> None:
+    """Each worker encodes single-threaded: the processes are the parallelism."""
+    global _WORKER_TOKENIZER
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    from tokenizers import Tokenizer
+
+    _WORKER_TOKENIZER = Tokenizer.from_str(tokenizer_json)
+
+
+def encode_lines(tok, lines: list[str], eos: int, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """-> (ids with </s> after every sentence, per-sentence lengths including the </s>)."""
+    ids = [e.ids for e in tok.encode_batch_fast(lines, add_special_tokens=False)]
+    lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
+    flat = np.fromiter(itertools.chain.from_iterable(x + [eos] for x in ids), dtype=dtype, count=int(lengths.sum()))
+    return flat, lengths
+
+
+def _encode_task(task: tuple) -> list[tuple[np.ndarray, np.ndarray]]:
+    files, starts, n, dtype = task
+    out = []
+    for path, start in zip(files, starts):
+        lines = list(_read_work_lines(path, start, n))
+        out.append(encode_lines(_WORKER_TOKENIZER, lines, SpecialIds().eos, dtype))
+    return out
+
+
+def _chunk_tasks(c: Cleaned, dtype: str) -> list[tuple]:
+    tasks = []
+    for i, starts in enumerate(c.chunk_starts):
+        n = min(c.chunk_lines, c.n_lines - i * c.chunk_lines)
+        tasks.append((c.work_files, starts, n, dtype))
+    return tasks
+
+
+def _pool_context():
+    """fork where available: spawn would re-import the caller's __main__ (breaking `python - <<EOF`
+    scripts and unguarded scripts). tokenizers' threads in the parent are why workers are told to
+    stay single-threaded (TOKENIZERS_PARALLELISM=false, set before the fork so they inherit it)."""
+    methods = mp.get_all_start_methods()
+    return mp.get_context("fork" if "fork" in methods and sys.platform != "darwin" else "spawn")
+
+
+def _run_tasks(tasks: list[tuple], tokenizer_json: str, workers: int) -> Iterator:
+    """Results of `_encode_task` in task order, with at most 2 tasks per worker in flight.
+
+    (Pool.imap would read ahead without bound.) A single task, or workers=1, runs in this process:
+    a worker pool costs start-up time that small inputs do not repay.
+    """
+    if workers == 1 or len(tasks) <= 1:
+        _init_worker_local(tokenizer_json)
+        for t in tasks:
+            yield _encode_task(t)
+        return
+    saved = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        pool = _pool_context().Pool(workers, initializer=_init_worker, initargs=(tokenizer_json,))
+    finally:
+        if saved is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = saved
+    with pool:
+        pending: deque = deque()
+        for t in tasks:
+            pending.append(pool.apply_async(_encode_task, (t,)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+def _init_worker_local(tokenizer_json: str) -> None:
+    global _WORKER_TOKENIZER
+    from tokenizers import Tokenizer
+
+    _WORKER_TOKENIZER = Tokenizer.from_str(tokenizer_json)
+
+
+class ShardWriter:
+    """Appends sentences to one (ids, offsets) shard pair and counts tokens and unknowns."""
+
+    def __init__(self, ids_path: Path, offsets_path: Path, dtype: str, unk_id: int):
+        ids_path.parent.mkdir(parents=True, exist_ok=True)
+        self.ids = open(ids_path, "wb")
+        self.offsets = open(offsets_path, "wb")
+        self.dtype = np.dtype(dtype).newbyteorder("<")
+        self.unk_id = unk_id
+        self.n_ids = 0
+        self.sentences = 0
+        self.unk = 0
+        self.offsets.write(np.zeros(1, dtype="<i8").tobytes())
+
+    def append(self, ids: np.ndarray, lengths: np.ndarray) -> None:
+        self.ids.write(ids.astype(self.dtype, copy=False).tobytes())
+        self.offsets.write((self.n_ids + np.cumsum(lengths)).astype("<i8").tobytes())
+        self.n_ids += int(lengths.sum())
+        self.sentences += len(lengths)
+        self.unk += int(np.count_nonzero(ids == self.unk_id))
+
+    @property
+    def tokens(self) -> int:
+        """Subword tokens, </s> separators excluded (as TokenShard.n_tokens)."""
+        return self.n_ids - self.sentences
+
+    def close(self) -> None:
+        self.ids.close()
+        self.offsets.close()
+
+
+def _split_labels(start: int, n: int, valid: np.ndarray, test: np.ndarray) -> np.ndarray:
+    """0 = train, 1 = valid, 2 = test for lines start .. start+n-1."""
+    labels = np.zeros(n, dtype=np.int8)
+    for value, chosen in ((1, valid), (2, test)):
+        lo, hi = np.searchsorted(chosen, [start, start + n])
+        labels[chosen[lo:hi] - start] = value
+    return labels
+
+
+def encode_sources(cleaned: list[Cleaned], tok, out: Path, cfg: PrepareConfig, dtype: str,
+                   progress: bool = False) -> dict[str, dict]:
+    """Encode every source into its split shards; return the per-source manifest counts."""
+    from tqdm import tqdm
+
+    tasks, owners = [], []
+    for ci, c in enumerate(cleaned):
+        for t in _chunk_tasks(c, dtype):
+            tasks.append(t)
+            owners.append(ci)
+    unk = SpecialIds().unk
+    counts: dict[str, dict] = {"mono": {}, "para": {}}
+    bar = tqdm(total=sum(c.n_lines for c in cleaned), desc="encode", unit=" lines", disable=not progress,
+               file=sys.stderr, mininterval=0.5)
+    writers: list[list[ShardWriter]] = []  # [split][side]
+    current, line0, valid, test = -1, 0, None, None
+    results = _run_tasks(tasks, tok.to_str(), cfg.workers)
+    for ci, result in zip(owners, results):
+        if ci != current:
+            if writers:
+                _finish(cleaned[current], writers, counts)
+            current, line0 = ci, 0
+            c = cleaned[ci]
+            valid, test = split_indices(c.n_lines, cfg, c.source.name)
+            writers = [[ShardWriter(*shard_paths(out, c.source.kind, c.source.name, split,
+                                                 None if c.source.kind == "mono" else lang), dtype, unk)
+                        for lang in c.source.langs] for split in SPLITS]
+        n = len(result[0][1])
+        labels = _split_labels(line0, n, valid, test)
+        for si in range(len(SPLITS)):
+            keep = labels == si
+            if not keep.any():
+                continue
+            for side, (ids, lengths) in enumerate(result):
+                writers[si][side].append(ids[np.repeat(keep, lengths)], lengths[keep])
+        line0 += n
+        bar.update(n)
+    if writers:
+        _finish(cleaned[current], writers, counts)
+    bar.close()
+    return counts
+
+
+def _finish(c: Cleaned, writers: list[list[ShardWriter]], counts: dict) -> None:
+    entry = {}
+    for split, sides in zip(SPLITS, writers):
+        for w in sides:
+            w.close()
+        if c.source.kind == "mono":
+            w = sides[0]
+            entry[split] = {"sentences": w.sentences, "tokens": w.tokens, "unk": w.unk}
+        else:
+            entry[split] = {"sentences": sides[0].sentences,
+                            "tokens": {lang: w.tokens for lang, w in zip(c.source.langs, sides)},
+                            "unk": {lang: w.unk for lang, w in zip(c.source.langs, sides)}}
+    counts[c.source.kind][c.source.name] = entry
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole pipeline
+
+
+def input_stamp(sources: list[Source], cfg: PrepareConfig) -> tuple[str, dict[Path, str]]:
+    """sha256 of (format, output-relevant settings, input file hashes); and the file hashes."""
+    hashes = {p: file_sha256(p) for s in sources for p in s.files}
+    settings = {k: v for k, v in config_to_dict(cfg).items() if k not in _NON_OUTPUT_SETTINGS}
+    key = {"format": FORMAT, "version": FORMAT_VERSION, "settings": settings,
+           "inputs": [[s.kind, s.name, [hashes[p] for p in s.files]] for s in sources]}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest(), hashes
+
+
+def _is_up_to_date(out: Path, stamp: str) -> bool:
+    manifest = out / "manifest.json"
+    if not manifest.is_file():
+        return False
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return data.get("stamp") == stamp and (out / "tokenizer.json").is_file()
+
+
+def _log(progress: bool, msg: str) -> None:
+    if progress:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _new_tmp_dir(out: Path) -> Path:
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").is_file():
+        raise DataError(f"{out} exists, is not empty and holds no manifest.json; refusing to replace it "
+                        f"(choose another --out or remove it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the output is an ordinary directory
+    return tmp
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished tmp dir into place; an older output is moved aside first, then deleted."""
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f"{out.name}.old-", dir=out.parent))
+        old.rmdir()
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
+
+
+def _clean_all(sources: list[Source], cfg: PrepareConfig, work: Path, progress: bool) -> list[Cleaned]:
+    work.mkdir(parents=True, exist_ok=True)
+    cleaned = []
+    for src in sources:
+        c = clean_source(src, cfg, work, progress)
+        _log(progress, f"  {src.kind} {src.name}: {c.n_lines} lines kept of {c.lines_read}"
+             + "".join(f", {v} {k}" for k, v in c.dropped.items() if v))
+        cleaned.append(c)
+    return cleaned
+
+
+def prepare_data(cfg: PrepareConfig, out_dir: str | Path, mono: dict[str, str | Path] | None = None,
+                 para: dict[str, tuple[str | Path, str | Path]] | None = None,
+                 data_dir: str | Path | None = None, progress: bool = True) -> Path:
+    """Clean, tokenize and shard the inputs into `out_dir` (format: xlmkit/data.py). Returns out_dir.
+
+    `mono` maps language -> text file, `para` maps 'a-b' -> (file_a, file_b); `data_dir` adds what
+    `discover_inputs` finds there. Codes may be ISO 639-1 or 639-3 ('eng' == 'en').
+    """
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    sources = resolve_sources(mono, para, data_dir)
+    stamp, hashes = input_stamp(sources, cfg)
+    if _is_up_to_date(out, stamp):
+        _log(progress, f"xlmkit prepare: {out} is up to date (same inputs and settings); nothing to do")
+        return out
+    tmp = _new_tmp_dir(out)
+    try:
+        _log(progress, f"xlmkit prepare: {len(sources)} inputs -> {out}")
+        timings = {}
+        t = time.perf_counter()
+        cleaned = _clean_all(sources, cfg, tmp / "work", progress)
+        timings["clean"] = time.perf_counter() - t
+        _log(progress, f"  training {cfg.tokenizer} tokenizer (vocab {cfg.vocab_size}, "
+                       f"{cfg.tokenizer_sample_sentences} sampled sentences, alpha {cfg.alpha})")
+        t = time.perf_counter()
+        tok, sample_sizes = fit_tokenizer(cleaned, cfg, progress)
+        tok.save(str(tmp / "tokenizer.json"))
+        timings["tokenizer"] = time.perf_counter() - t
+        from xlmkit.tokenizer import check_tokenizer, language_shares
+
+        languages = sorted(sample_sizes)
+        info = check_tokenizer(tok, languages)
+        dtype = "uint16" if info.vocab_size <= 1 << 16 else "int32"
+        t = time.perf_counter()
+        counts = encode_sources(cleaned, tok, tmp, cfg, dtype, progress)
+        timings["encode"] = time.perf_counter() - t
+        shutil.rmtree(tmp / "work")
+        line_counts = {lang: sum(n for _, n in segs) for lang, segs in _lang_segments(cleaned).items()}
+        manifest = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "languages": languages,
+            "pairs": sorted(counts["para"]),
+            "lang2id": {lang: i for i, lang in enumerate(languages)},
+            "vocab_size": info.vocab_size,
+            "dtype": dtype,
+            "specials": info.specials,
+            "lang_tokens": info.lang_tokens,
+            "mono": counts["mono"],
+            "para": counts["para"],
+            "sources": [_source_entry(c, hashes) for c in cleaned],
+            "config": config_to_dict(cfg),
+            "tokenizer": {
+                "file": "tokenizer.json", "type": cfg.tokenizer, "vocab_size": info.vocab_size,
+                "alpha": cfg.alpha, "sample_sentences": sample_sizes,
+                "sample_shares": language_shares(line_counts, cfg.alpha),
+            },
+            "stamp": stamp,
+            "timings_s": {k: round(v, 3) for k, v in timings.items()},  # informative only
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _log(progress, f"xlmkit prepare: wrote {out} in {time.perf_counter() - t0:.1f}s "
+                   f"({len(languages)} languages, {len(counts['para'])} pairs, vocab {info.vocab_size})")
+    return out
+
+
+def _source_entry(c: Cleaned, hashes: dict[Path, str]) -> dict:
+    return {
+        "kind": c.source.kind, "name": c.source.name,
+        "files": [{"path": str(p.resolve()), "sha256": hashes[p]} for p in c.source.files],
+        "lines_read": c.lines_read, "kept": c.n_lines,
+        "dropped": dict(c.dropped), "dropped_total": sum(c.dropped.values()),
+    }
+
+
+def train_tokenizer_only(cfg: PrepareConfig, out_dir: str | Path, mono=None, para=None, data_dir=None,
+                         progress: bool = True) -> Path:
+    """Clean the inputs and train the shared tokenizer; write only OUT/tokenizer.json. Returns its path."""
+    out = Path(out_dir)
+    sources = resolve_sources(mono, para, data_dir)
+    if (out / "manifest.json").is_file():
+        raise DataError(f"{out} is a prepared data directory: its tokenizer.json must stay the one its shards "
+                        f"were encoded with; write the tokenizer elsewhere")
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="tokenizer.tmp-", dir=out) as tmp:
+        cleaned = _clean_all(sources, cfg, Path(tmp) / "work", progress)
+        tok, _ = fit_tokenizer(cleaned, cfg, progress)
+        tok.save(str(Path(tmp) / "tokenizer.json"))
+        os.replace(Path(tmp) / "tokenizer.json", out / "tokenizer.json")
+    _log(progress, f"xlmkit train-tokenizer: wrote {out / 'tokenizer.json'} (vocab {tok.get_vocab_size()})")
+    return out / "tokenizer.json"
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    from xlmkit.config import add_config_arguments
+
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--data-dir", help="folder with {lang}.txt and [name.]{a}-{b}.{a}/.{b} files "
+                                           "(also looked for in its mono/ and parallel/ subfolders)")
+    parser.add_argument("--mono", action="append", default=[], metavar="LANG=PATH",
+                        help="a monolingual text file, one sentence per line (repeatable)")
+    parser.add_argument("--para", action="append", default=[], metavar="A-B=PATH_A,PATH_B",
+                        help="line-aligned parallel files (repeatable)")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    add_config_arguments(parser)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_input_arguments(parser)
+
+
+def inputs_from_args(args: argparse.Namespace) -> tuple[dict, dict]:
+    """--mono/--para values -> dicts, keeping codes as given (duplicates are caught by resolve_sources)."""
+    mono: dict[str, Path] = {}
+    for item in args.mono:
+        code, sep, path = item.partition("=")
+        if not sep or not code or not path:
+            raise DataError(f"--mono {item!r}: expected LANG=PATH, e.g. --mono en=en.txt")
+        if code in mono:
+            raise DataError(f"duplicate language {code!r}: --mono {code}={mono[code]} and --mono {item}")
+        mono[code] = Path(path)
+    para: dict[str, tuple[Path, Path]] = {}
+    for item in args.para:
+        code, sep, paths = item.partition("=")
+        files = paths.split(",")
+        if not sep or not code or len(files) != 2 or not all(files):
+            raise DataError(f"--para {item!r}: expected A-B=PATH_A,PATH_B, e.g. --para en-fr=train.en,train.fr")
+        if code in para:
+            raise DataError(f"duplicate language pair {code!r}: given twice with --para")
+        para[code] = (Path(files[0]), Path(files[1]))
+    if not mono and not para and not args.data_dir:
+        raise DataError("no input text: give --data-dir, --mono LANG=PATH or --para A-B=PATH_A,PATH_B")
+    return mono, para
+
+
+def run(args: argparse.Namespace) -> int:
+    from xlmkit.config import config_from_args
+
+    cfg = config_from_args(args)
+    mono, para = inputs_from_args(args)
+    prepare_data(cfg.prepare, args.out, mono, para, args.data_dir, progress=not args.quiet)
+    return 0
