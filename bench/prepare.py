@@ -101,12 +101,16 @@ def main() -> int:
     p.add_argument("--sample", type=int, default=20000,
                    help="prepare.tokenizer_sample_sentences (default 20000: below the line count of both default "
                         "sizes, so the trainer's memory is the same for both and the comparison shows the rest)")
+    p.add_argument("--chunk-lines", type=int, default=5000,
+                   help="prepare.chunk_lines (default 5000: memory per chunk is bounded by this, so it is kept below "
+                        "the lines per file of the smaller size, where chunks would otherwise be partial)")
     p.add_argument("--keep", action="store_true", help="keep the generated inputs and outputs")
     args = p.parse_args()
     sizes = [float(s) for s in args.sizes.split(",")]
 
     tmp = Path(tempfile.mkdtemp(prefix="xlmkit-bench-prepare-"))
     print(f"xlmkit prepare benchmark: tokenizer {args.tokenizer}, vocab {args.vocab}, workers {args.workers}, "
+          f"chunk_lines {args.chunk_lines}, tokenizer sample {args.sample}, "
           f"{os.cpu_count()} CPUs; text from {MONO if MONO.is_dir() else 'xlmkit.synthetic'}")
     header = (f"{'input MB':>8} {'lines':>9} {'wall s':>7} {'MB/s':>6} {'clean s':>7} {'tok s':>6} "
               f"{'encode s':>8} {'peak RSS MB':>11} | {'HF encode_batch s':>17} {'HF RSS MB':>9} {'HF/ours':>7}")
@@ -120,7 +124,8 @@ def main() -> int:
             out = tmp / f"out{size:g}"
             cmd = [sys.executable, "-m", "xlmkit", "prepare", "--config", "tiny", "--quiet", "--out", str(out),
                    "--set", f"prepare.tokenizer={args.tokenizer}", "--set", f"prepare.vocab_size={args.vocab}",
-                   "--set", f"prepare.workers={args.workers}", "--set", f"prepare.tokenizer_sample_sentences={args.sample}"]
+                   "--set", f"prepare.workers={args.workers}", "--set", f"prepare.tokenizer_sample_sentences={args.sample}",
+                   "--set", f"prepare.chunk_lines={args.chunk_lines}"]
             for lang, path in inputs.items():
                 cmd += ["--mono", f"{lang}={path}"]
             wall, rss, _ = run_measured(cmd)

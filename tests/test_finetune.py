@@ -72,24 +72,28 @@ def test_classification_and_pair_layouts(loaded_tok):
     assert e.positions.tolist() == list(range(len(a) + 2)) + list(range(len(b) + 2))
 
 
-def test_token_labels_on_first_piece_and_truncation(loaded_tok):
+def test_token_labels_on_first_content_piece_and_truncation(loaded_tok):
     loaded, tok = loaded_tok
-    spec = TaskSpec("token", ("DET", "NOUN", "VERB"), max_len=8)
+    words = ["The", "Schmetterlingsgarten", "sees", "привет"]
+    pieces = [tok.encode([w], is_pretokenized=True, add_special_tokens=False).tokens for w in words]
+    assert pieces[1][0] == "▁" and len(pieces[1]) > 3  # a bare word-boundary piece, then the word
+    assert pieces[3][0] == "▁" and pieces[3][1] == "<unk>"  # a script the vocabulary does not know
+    labels = ["DET", "NOUN", "VERB", "X"]
+    spec = TaskSpec("token", ("DET", "NOUN", "VERB", "X"))
     enc = TaskEncoder(tok, loaded.vocab, spec, loaded.model)
-    words = ["The", "Schmetterlingsgarten", "sees"]
-    (e,), stats = enc.encode([Example(lang="en", label=["DET", "NOUN", "VERB"], tokens=words)])
-    pieces = [len(tok.encode([w], is_pretokenized=True, add_special_tokens=False).ids) for w in words]
-    assert pieces[1] > 1
-    target = e.target.tolist()
-    assert target[0] == IGNORE and target[-1] == IGNORE
-    assert target[1] == 0 and target[2] == 1  # first piece of each word carries its label
-    labelled = [t for t in target if t != IGNORE]
-    expected_words = [i for i in range(3) if 1 + sum(pieces[:i]) <= 6]  # first piece within the 6-id body
-    assert labelled == [[0, 1, 2][i] for i in expected_words]
-    assert e.word_positions.tolist() == [1 + sum(pieces[:i]) for i in expected_words]
-    assert len(e.ids) <= 8
-    if 1 + sum(pieces[:2]) > 6:
-        assert stats.truncated == 1 and stats.dropped_labels == 1 and e.dropped_words == 1
+    (e,), stats = enc.encode([Example(lang="en", label=labels, tokens=words)])
+    starts = np.cumsum([1] + [len(p) for p in pieces])[:-1]  # position of each word's first piece
+    content = [int(st) + (1 if p[0] == "▁" and len(p) > 1 else 0) for st, p in zip(starts, pieces)]
+    expected = np.full(len(e.ids), IGNORE)
+    expected[content] = [0, 1, 2, 3]
+    assert e.target.tolist() == expected.tolist()  # one label per word, on its first content piece
+    assert e.word_positions.tolist() == content
+    assert e.ids[0] == 2 and e.ids[-1] == 2 and stats.truncated == 0
+    # cut to 8 ids (6 between the separators): the third and fourth words lose their labels
+    enc = TaskEncoder(tok, loaded.vocab, TaskSpec("token", spec.labels, max_len=8), loaded.model)
+    (e,), stats = enc.encode([Example(lang="en", label=labels, tokens=words)])
+    assert len(e.ids) == 8 and e.word_positions.tolist() == content[:2]
+    assert stats.truncated == 1 and stats.dropped_labels == 2 and e.dropped_words == 2
 
 
 def test_max_len_is_capped_by_model_positions(tiny_run, loaded_tok):

@@ -62,6 +62,7 @@ def test_format_value():
     assert format_value(93.456) == "93.46"
     assert format_value(0.12345) == "0.1235"
     assert format_value(0.0) == "0.00"
+    assert format_value(0.2) == "0.20" and format_value(0.3333) == "0.3333"
     assert format_value(7) == "7"
     assert format_value(None) == ""
     assert format_value("x") == "x"
@@ -133,7 +134,7 @@ def test_report_writes_pngs_html_and_markdown(tmp_path, capsys):
         assert number in md, number
     assert "## Tatoeba retrieval" in md and "## Language id" in md and "![Training loss](train_loss.png)" in md
     # the last validation record as a per-language table: ppl/en at step 100 = 4.0
-    assert "## Validation at step 100" in md and "| en | 4.00 | 0.4000 |" in md
+    assert "## Validation at step 100" in md and "| en | 4.00 | 0.40 |" in md
     assert "best mean_ppl 4.00 at step 100" in md
     assert "not a table, skipped: eval/notes.json" in md and "config.json" not in md and "1 unreadable line(s)" in md
     html = (out / "index.html").read_text()

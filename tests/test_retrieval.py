@@ -223,7 +223,8 @@ def test_embed_unknown_language_needs_a_fallback(tiny_run, tmp_path, capsys):
 
 def test_find_bitexts_layouts(tmp_path):
     for name in ("tatoeba.deu-eng.deu", "tatoeba.deu-eng.eng", "en-fr.fr", "en-fr.en", "multi30k.en-cs.cs",
-                 "multi30k.en-cs.en", "tatoeba.xyz-eng.xyz", "tatoeba.xyz-eng.eng", "fr.txt", "en-nl.nl"):  # en-nl lacks its .en side
+                 "multi30k.en-cs.en", "tatoeba.xyz-eng.xyz", "tatoeba.xyz-eng.eng", "fr.txt",
+                 "en-nl.nl"):  # en-nl lacks its .en side: no pair
         (tmp_path / name).write_text("a\n", encoding="utf-8")
     found = find_bitexts(tmp_path)
     assert sorted(found) == ["cs", "de", "fr", "xyz"]

@@ -21,6 +21,12 @@ directory (best/) renames the old one to `.old-…` first; if a crash falls betw
     latest_checkpoint(run_dir) -> Path | None
     load_model(path, which="best"|"latest", device="cpu") -> LoadedModel
     save_model_run(run_dir, model, cfg, vocab, tokenizer_path)         # a run with one weights checkpoint
+
+Under torchrun every rank calls save_checkpoint and load_checkpoint. The files always hold full,
+unsharded tensors named and numbered as a one-process run names them, written by rank 0: DDP ranks
+hold the whole model anyway; FSDP shards are gathered (torch.distributed.checkpoint.state_dict,
+full_state_dict + cpu_offload) and, on load, rank 0 reads the files and sends every rank its shards.
+So a run resumes on any number of processes, sharded or not.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from torch import nn
 
 from xlmkit.config import Config, config_from_dict, config_to_dict
 from xlmkit.errors import XlmkitError
-from xlmkit.runtime import DistInfo, all_gather_tensor, unwrap_model
+from xlmkit.runtime import DistInfo, all_gather_tensor, is_sharded, unwrap_model
 
 FORMAT = "xlmkit-checkpoint"
 FORMAT_VERSION = 1
@@ -219,7 +225,7 @@ def _rng_state(dist: DistInfo) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict, dist: DistInfo) -> None:
-    if meta.get("world_size", 1) != dist.world_size:
+    if meta.get("world_size", 1) != dist.world_size and dist.is_main:
         print(f"[xlmkit] note: checkpoint written by {meta.get('world_size')} processes, resuming with "
               f"{dist.world_size}: RNG streams are not those of an uninterrupted run")
     version, internal, gauss = meta["python"]
@@ -232,6 +238,68 @@ def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict, dist: DistInfo)
     cuda = tensors.get(f"torch_cuda.rank{dist.rank}", tensors.get("torch_cuda.rank0"))
     if cuda is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state(cuda)
+
+
+# ----------------------------------------------------------------------------------------------
+# FSDP: full state dicts gathered to rank 0, scattered back from it
+
+
+def _param_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[list[str]]:
+    """The parameter names of each optimizer group, in the optimizer's order."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups]
+
+
+def _gather_sharded(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> tuple[dict, dict | None]:
+    """(weights, optimizer.state_dict()-style dict numbered as one process numbers it) of an FSDP
+    model, whole, on rank 0's CPU (other ranks get empty dicts). Collective: every rank calls it."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+
+    model = unwrap_model(model)
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = get_model_state_dict(model, options=options)
+    if optimizer is None:
+        return weights, None
+    by_name = get_optimizer_state_dict(model, optimizer, options=options)  # {"state": {name: …}, …}
+    if not by_name:
+        return weights, {}
+    index = {name: i for i, name in enumerate(n for group in _param_names(model, optimizer) for n in group)}
+    groups = [dict(g, params=[index[n] for n in g["params"]]) for g in by_name["param_groups"]]
+    return weights, {"state": {index[n]: st for n, st in by_name["state"].items()}, "param_groups": groups}
+
+
+def _load_sharded_weights(model: nn.Module, f: Path) -> tuple[list[str], list[str]]:
+    """Rank 0 reads the full weights and sends each rank its shards. Collective."""
+    import torch.distributed as tdist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    weights = load_file(str(f), device="cpu") if tdist.get_rank() == 0 else {}
+    expected = set(model.state_dict())
+    result = set_model_state_dict(model, weights, options=StateDictOptions(
+        full_state_dict=True, broadcast_from_rank0=True, strict=False))
+    if tdist.get_rank() == 0:
+        return sorted(expected - set(weights)), sorted(set(weights) - expected)
+    return list(result.missing_keys), list(result.unexpected_keys)
+
+
+def _load_sharded_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, f: Path, structure: dict) -> None:
+    """Rank 0 reads the full optimizer state (numbered as one process numbers it), names it, and sends
+    each rank its shards. Collective."""
+    import torch.distributed as tdist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    by_name: dict = {}
+    if tdist.get_rank() == 0:
+        sd = optimizer_state_from_tensors(load_file(str(f), device="cpu"), structure)
+        names = _param_names(model, optimizer)
+        if [len(g["params"]) for g in sd["param_groups"]] != [len(g) for g in names]:
+            raise XlmkitError(f"{f}: the optimizer state does not fit the model's parameter groups")
+        name_of = {i: n for g, group_names in zip(sd["param_groups"], names) for i, n in zip(g["params"], group_names)}
+        by_name = {"state": {name_of[i]: st for i, st in sd["state"].items()},
+                   "param_groups": [dict(g, params=group_names) for g, group_names in zip(sd["param_groups"], names)]}
+    set_optimizer_state_dict(model, optimizer, by_name,
+                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -259,9 +327,10 @@ def save_checkpoint(
     dist = dist or DistInfo()
     path = Path(path)
     rng_tensors, rng_meta = _rng_state(dist) if optimizer is not None else ({}, None)
+    sharded = _gather_sharded(model, optimizer) if is_sharded(model) else None  # collective
     if not dist.is_main:
         return path
-    weights = unwrap_model(model).state_dict()
+    weights = sharded[0] if sharded else unwrap_model(model).state_dict()
     state: dict[str, Any] = {
         "format": FORMAT, "version": FORMAT_VERSION, "step": int(step),
         "config": config_to_dict(cfg), "vocab": vocab, "tokenizer": tokenizer,
@@ -269,7 +338,8 @@ def save_checkpoint(
     }
     opt_tensors: dict[str, torch.Tensor] = {}
     if optimizer is not None:
-        opt_tensors, state["optimizer"] = optimizer_state_to_tensors(optimizer.state_dict())
+        opt_sd = sharded[1] if sharded else optimizer.state_dict()
+        opt_tensors, state["optimizer"] = optimizer_state_to_tensors(opt_sd)
         state["scheduler"] = _jsonable(
             {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}) if scheduler is not None else None
         state["sampler"] = _jsonable(sampler_state) if sampler_state is not None else None
@@ -302,9 +372,11 @@ def load_weights(model: nn.Module, path: str | Path, device: str | torch.device 
     f = Path(path) / MODEL_FILE
     if not f.is_file():
         raise XlmkitError(f"{path}: no {MODEL_FILE}")
-    weights = load_file(str(f), device=str(device))
     target = unwrap_model(model)
-    missing, unexpected = target.load_state_dict(weights, strict=False)
+    if is_sharded(target):
+        missing, unexpected = _load_sharded_weights(target, f)
+    else:
+        missing, unexpected = target.load_state_dict(load_file(str(f), device=str(device)), strict=False)
     if missing or unexpected:
         raise XlmkitError(f"{f}: weights do not fit the model: missing {sorted(missing)[:5]}, "
                           f"unexpected {sorted(unexpected)[:5]}")
@@ -328,8 +400,11 @@ def load_checkpoint(
     if optimizer is not None:
         if "optimizer" not in state:
             raise XlmkitError(f"{path}: holds weights only; cannot resume training from it")
-        tensors = load_file(str(path / OPTIMIZER_FILE), device="cpu")
-        optimizer.load_state_dict(optimizer_state_from_tensors(tensors, state["optimizer"]))
+        if is_sharded(unwrap_model(model)):
+            _load_sharded_optimizer(unwrap_model(model), optimizer, path / OPTIMIZER_FILE, state["optimizer"])
+        else:
+            tensors = load_file(str(path / OPTIMIZER_FILE), device="cpu")
+            optimizer.load_state_dict(optimizer_state_from_tensors(tensors, state["optimizer"]))
     if scheduler is not None and state.get("scheduler") is not None:
         # LambdaLR saves its plain-function lambdas as None; the functions come from the config
         sched_state = dict(state["scheduler"], lr_lambdas=[None] * len(getattr(scheduler, "lr_lambdas", [])))

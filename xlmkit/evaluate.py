@@ -367,12 +367,15 @@ def run(args: argparse.Namespace) -> int:
           f"- labels ({len(labels)}): {', '.join(labels)}", f"- majority baseline: always `{majority}`",
           "- numbers are percentages; avg = mean over the zero-shot languages (train language excluded)", "",
           table]
+    notes = []
     for lang, row in rows.items():
-        for note in row.get("notes", []):
-            md.append(f"\n- note ({lang}): {note}")
+        notes += [f"- note ({lang}): {note}" for note in row.get("notes", [])]
         if row.get("truncated"):
-            md.append(f"\n- note ({lang}): {row['truncated']} examples truncated to {spec.max_len} ids"
-                      + (f", {row.get('dropped_words', 0)} words beyond the cut not scored" if spec.task == "token" else ""))
+            notes.append(f"- note ({lang}): {row['truncated']} examples truncated to {spec.max_len} ids"
+                         + (f", {row.get('dropped_words', 0)} words beyond the cut not scored"
+                            if spec.task == "token" else ""))
+    if notes:
+        md += [""] + notes
     if args.per_class:
         for lang, row in rows.items():
             md += ["", f"## {lang}: per class", "", per_class_table(row["per_class"])]

@@ -18,7 +18,11 @@ Pooling (classification and pair): `mean` (default) averages the last hidden sta
 the default because briefly pretrained models never train their first token to summarise the input
 (no next-sentence objective), and it transfers better zero-shot in our runs; `--pooling first` gives
 the XLM behaviour. Token task: the head reads every position; a word's label sits on its first
-subword, the other pieces and the separators get -100 (ignored by the loss, never scored).
+subword, the other pieces and the separators get -100 (ignored by the loss, never scored). A first
+piece that is only the word-boundary marker "▁" (SentencePiece splits it off before punctuation and
+before characters of scripts the vocabulary hardly knows) carries no content: the label then sits on
+the word's next piece. Otherwise every Cyrillic or Chinese word of a Latin-trained vocabulary would be
+read from a bare "▁", which in English training data precedes only punctuation.
 
 Truncation: sequences are cut to min(finetune.max_len, model.max_positions) ids, separators included
 (pairs: the longer side loses its end first). Truncated examples are counted and reported; in the token
@@ -140,6 +144,9 @@ class TaskEncoder:
         if self.wrap not in ("xlm", "roberta"):
             raise XlmkitError(f"unknown sentence_wrap {self.wrap!r} in vocab.json (expected xlm or roberta)")
         self.first_id = self.eos_id if self.wrap == "xlm" else self.bos_id
+        # pieces that are only the word-boundary marker (SentencePiece's "▁"): a word that starts with a
+        # character the vocabulary cannot join to "▁" (punctuation, rare scripts) begins with one
+        self.bare_ids = {i for tok, i in tokenizer.get_vocab().items() if tok and not tok.strip("▁ ")}
         self.lang2id = {canonical_lang(k): int(v) for k, v in (vocab.get("lang2id") or {}).items()}
         self.has_lang_emb = getattr(model, "lang_embeddings", None) is not None
         self.label_index = {lab: i for i, lab in enumerate(spec.labels)}
@@ -219,9 +226,11 @@ class TaskEncoder:
                     if len(body) >= keep:
                         dropped += 1
                         continue
-                    word_pos.append(1 + len(body))
                     p = p[: keep - len(body)]
-                    targets.extend([self.label_index.get(ex.label[w], IGNORE)] + [IGNORE] * (len(p) - 1))
+                    j = next((k for k, tid in enumerate(p) if tid not in self.bare_ids), 0)
+                    word_pos.append(1 + len(body) + j)
+                    targets.extend([IGNORE] * j + [self.label_index.get(ex.label[w], IGNORE)]
+                                   + [IGNORE] * (len(p) - j - 1))
                     body.extend(p)
                 cut = len(body) < sum(max(1, len(p)) for p in pieces)
                 stats.truncated += cut
@@ -630,7 +639,7 @@ def _append_metrics(out: Path | None, record: dict) -> None:
 # Config and model from the command line (shared with evaluate and langid)
 
 
-def add_model_and_config_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_and_config_arguments(parser: argparse.ArgumentParser, unknown_lang: bool = True) -> None:
     parser.add_argument("--model", required=True, help="pretrained run directory (or checkpoint directory)")
     parser.add_argument("--which", default="best", choices=("best", "latest"),
                         help="checkpoint of the run to start from (default: best)")
@@ -639,9 +648,10 @@ def add_model_and_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="finetune.KEY=VALUE",
                         help="override a fine-tuning setting, e.g. --set finetune.lr=1e-4 (repeatable; also "
                              "model.dropout / model.attention_dropout)")
-    parser.add_argument("--unknown-lang-id", default=None, metavar="LANG|ID",
-                        help="language-embedding id for languages the model has none for: a language of the "
-                             "model (e.g. en) or an integer id (default: such languages are an error)")
+    if unknown_lang:
+        parser.add_argument("--unknown-lang-id", default=None, metavar="LANG|ID",
+                            help="language-embedding id for languages the model has none for: a language of "
+                                 "the model (e.g. en) or an integer id (default: such languages are an error)")
     parser.add_argument("--pooling", default="mean", choices=POOLINGS,
                         help="sentence representation for classification / pair: mean of the tokens "
                              "(default) or the first token (XLM)")

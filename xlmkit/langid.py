@@ -83,7 +83,7 @@ def split_language(path: Path, lines: list[str], lang: str, test_fraction: float
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from xlmkit.finetune import add_model_and_config_arguments
 
-    add_model_and_config_arguments(parser)
+    add_model_and_config_arguments(parser, unknown_lang=False)
     parser.add_argument("--data", required=True, help="directory of {lang}.txt files")
     parser.add_argument("--out", required=True, help="output directory (results.json, results.md, model/)")
     group = parser.add_mutually_exclusive_group()

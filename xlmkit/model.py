@@ -19,8 +19,8 @@ weights convert with a name mapping only. Parameter names, in order:
     layers.{i}.ffn.{lin1,lin2}.{weight,bias}
     layers.{i}.layer_norm2.{weight,bias}
     layer_norm_final.{weight,bias}          pre-LN only
-    mlm_head.dense.{weight,bias}, mlm_head.layer_norm.{weight,bias}   head_transform only (XLM-R)
     mlm_head.bias                           (V,)
+    mlm_head.dense.{weight,bias}, mlm_head.layer_norm.{weight,bias}   head_transform only (XLM-R)
 
 The model is free of objectives: masking, losses and step mixing live in the training code.
 """

@@ -336,9 +336,9 @@ _WORKER_TOKENIZER = None
 
 
 def _init_worker(tokenizer_json: str) -> None:
-    """Each worker encodes single-threaded: the processes are the parallelism."""
+    """Load the tokenizer once per process (workers inherit TOKENIZERS_PARALLELISM=false: the
+    processes are the parallelism)."""
     global _WORKER_TOKENIZER
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
     from tokenizers import Tokenizer
 
     _WORKER_TOKENIZER = Tokenizer.from_str(tokenizer_json)
@@ -384,7 +384,7 @@ def _run_tasks(tasks: list[tuple], tokenizer_json: str, workers: int) -> Iterato
     a worker pool costs start-up time that small inputs do not repay.
     """
     if workers == 1 or len(tasks) <= 1:
-        _init_worker_local(tokenizer_json)
+        _init_worker(tokenizer_json)
         for t in tasks:
             yield _encode_task(t)
         return
@@ -405,13 +405,6 @@ def _run_tasks(tasks: list[tuple], tokenizer_json: str, workers: int) -> Iterato
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
-
-
-def _init_worker_local(tokenizer_json: str) -> None:
-    global _WORKER_TOKENIZER
-    from tokenizers import Tokenizer
-
-    _WORKER_TOKENIZER = Tokenizer.from_str(tokenizer_json)
 
 
 class ShardWriter:

@@ -45,7 +45,8 @@ from xlmkit.errors import XlmkitError
 
 
 def format_value(value: Any) -> str:
-    """How a table cell is printed: floats with 2 decimals (4 below 1 in magnitude), others as str."""
+    """How a table cell is printed: floats with 2 decimals, or 4 for a value below 1 in magnitude that
+    2 decimals would not show exactly (0.2 -> "0.20", 0.8125 -> "0.8125"); others as str."""
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -56,7 +57,7 @@ def format_value(value: Any) -> str:
         v = float(value)
         if math.isnan(v) or math.isinf(v):
             return str(v)
-        return f"{v:.2f}" if abs(v) >= 1 or v == 0 else f"{v:.4f}"
+        return f"{v:.2f}" if abs(v) >= 1 or abs(round(v, 2) - v) < 1e-9 else f"{v:.4f}"
     return str(value)
 
 
@@ -282,6 +283,7 @@ FIGURES = (
      lambda k: k.startswith("acc/") or k == "mean_acc", False),
     ("valid_loss.png", "Validation loss", "loss", "valid", _is_loss_key, False),
     ("lr.png", "Learning rate", "learning rate", "train", lambda k: k == "lr", False),
+    ("grad_norm.png", "Gradient norm (before clipping)", "norm", "train", lambda k: k == "grad_norm", True),
     ("tokens_per_s.png", "Throughput", "tokens / s", "train", lambda k: k in ("tokens_per_s", "tok_per_s"), False),
 )
 
@@ -305,6 +307,8 @@ def plot_curves(records: Sequence[dict[str, Any]], out_dir: str | Path) -> list[
     written = []
     for fname, title, ylabel, split, pred, log in FIGURES:
         keys = _keys(records, split, pred)
+        keys = [k for k in keys if k in ("loss", "mean_ppl", "mean_acc")] + sorted(
+            k for k in keys if k not in ("loss", "mean_ppl", "mean_acc"))
         curves = [(k, *series(records, split, k)) for k in keys]
         curves = [c for c in curves if c[1]]
         if not curves:

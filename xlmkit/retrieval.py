@@ -379,9 +379,10 @@ def retrieval_table(enc: Encoder, bitexts: dict[str, Bitext], langs: Sequence[st
         tgt = enc.embed(tgt_lines, pivot)
         if centered:
             src, tgt = center(src), center(tgt)
-        row = {"lang": lang, "data": bt.code, "n": len(src_lines), key: 100.0 * cosine_top1_accuracy(src, tgt)}
+        row = {"lang": lang, "data": bt.code, "n": len(src_lines),
+               key: round(100.0 * cosine_top1_accuracy(src, tgt), 2)}
         if both_directions:
-            row[back] = 100.0 * cosine_top1_accuracy(tgt, src)
+            row[back] = round(100.0 * cosine_top1_accuracy(tgt, src), 2)
         rows.append(row)
         log(f"[retrieve] {lang} ({bt.name}): {key} {row[key]:.2f}"
             + (f", {back} {row[back]:.2f}" if both_directions else "") + f"  [{time.perf_counter() - t0:.1f}s]")
@@ -390,7 +391,8 @@ def retrieval_table(enc: Encoder, bitexts: dict[str, Bitext], langs: Sequence[st
 
 def _default_out(model_path: Path, data_dir: Path, random_init: bool, centered: bool) -> Path:
     base = model_path if (model_path / "checkpoints").is_dir() else model_path.parent.parent
-    name = f"retrieve-{data_dir.resolve().name}" + ("-centered" if centered else "") + ("-random-init" if random_init else "")
+    name = (f"retrieve-{data_dir.resolve().name}" + ("-centered" if centered else "")
+            + ("-random-init" if random_init else ""))
     return base / "eval" / name
 
 

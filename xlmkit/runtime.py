@@ -4,11 +4,20 @@ The model knows nothing of parallelism and the training loop never calls `torch.
 
     dist = init_distributed(cfg.train.dist_timeout_s, cfg.train.device)  # DistInfo; no-op for one process
     device = pick_device(cfg.train.device, dist)                           # cuda:LOCAL_RANK under torchrun
-    model = wrap_model(model, dist, cfg.train.parallel)                    # DDP when world_size > 1
+    model = wrap_model(model, dist, cfg.train.parallel, device)            # on device; DDP / FSDP2 under torchrun
+    optimizer = ...                                                        # after wrap_model (FSDP swaps params)
     with autocast(device, cfg.train.precision): ...                        # bf16 autocast or nothing
     loss = all_reduce_mean(loss, dist)
+    grad_norm = clip_grad_norm(model.parameters(), max_norm)               # a float, sharded or not
 
-Multi-process runs are started by `torchrun`, which sets RANK, WORLD_SIZE and LOCAL_RANK.
+Multi-process runs are started by `torchrun`, which sets RANK, WORLD_SIZE and LOCAL_RANK (gloo on CPU,
+nccl on GPU). Every collective gives up after `train.dist_timeout_s`; `distributed_errors` turns the
+resulting failure into one clear XlmkitError, and torchrun stops the other workers when one fails.
+
+Parallelism ("train.parallel"): "none" / "ddp" -> DistributedDataParallel (every rank holds the whole
+model, gradients all-reduced); "fsdp" -> FSDP2 (`fully_shard` on every TransformerLayer, then on the
+root): parameters, gradients and optimizer state sharded over the ranks. Both average gradients over
+ranks, so the loop scales each rank's loss by world_size (see xlmkit.train.train_on_batch).
 """
 
 from __future__ import annotations
@@ -128,11 +137,18 @@ def shutdown_distributed() -> None:
         tdist.destroy_process_group()
 
 
-def wrap_model(model: nn.Module, dist: DistInfo, parallel: str = "none") -> nn.Module:
-    """The model the loop calls. One process: the model itself. Several: DistributedDataParallel
-    (parallel "none" or "ddp"). FSDP is not implemented yet."""
-    if parallel == "fsdp":
-        raise NotImplementedError("train.parallel=fsdp is not implemented yet; use ddp (or none)")
+def wrap_model(model: nn.Module, dist: DistInfo, parallel: str = "none",
+               device: torch.device | str | None = None) -> nn.Module:
+    """The model the loop calls, on `device` (None: where it is). One process: the model itself
+    (whatever `parallel` says). Several: DistributedDataParallel (parallel "none" or "ddp"), or the
+    model sharded in place with FSDP2 (parallel "fsdp"; see `shard_model`). Build the optimizer
+    *after* this: FSDP replaces the parameters by sharded ones."""
+    if parallel not in ("none", "ddp", "fsdp"):
+        raise XlmkitError(f"unknown train.parallel {parallel!r}; use none, ddp or fsdp")
+    if dist.enabled and parallel == "fsdp":
+        return shard_model(model, dist, device)
+    if device is not None:
+        model = model.to(device)
     if not dist.enabled:
         return model
     from torch.nn.parallel import DistributedDataParallel
@@ -141,8 +157,40 @@ def wrap_model(model: nn.Module, dist: DistInfo, parallel: str = "none") -> nn.M
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
+def shard_model(model: nn.Module, dist: DistInfo, device: torch.device | str | None = None) -> nn.Module:
+    """FSDP2 (torch.distributed.fsdp.fully_shard) over all ranks, in place: each TransformerLayer is
+    one unit (its parameters are all-gathered just before it runs and freed after), then the root
+    holds the rest: embeddings, the output layer's bias, final LayerNorms. The token embedding is
+    also the output layer's weight (tied, Press & Wolf 2017): one Parameter, owned by the root unit,
+    so it stays tied; the root is the module whose forward computes the loss, so its parameters are
+    gathered for the whole forward, the output layer included. Gradients are reduce-scattered as
+    means over ranks, as DDP's; parameters and optimizer state stay fp32 (bf16 comes from autocast).
+    A model still on the CPU moves to `device` one unit at a time as it is sharded, so the whole
+    unsharded model never has to fit on one GPU."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from xlmkit.model import TransformerLayer
+
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    mesh = init_device_mesh(device.type, (dist.world_size,))  # cuda: this process's GPU (set_device)
+    layers = [m for m in model.modules() if isinstance(m, TransformerLayer)]
+    for layer in layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """True when the model's parameters are FSDP shards (DTensors)."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """The plain model under DDP and torch.compile wrappers (for heads, saving, evaluation)."""
+    """The plain model under DDP and torch.compile wrappers (for heads, saving, evaluation). FSDP2
+    shards in place: its model is its own plain model (with sharded parameters)."""
     while True:
         if hasattr(model, "module") and isinstance(model.module, nn.Module):  # DDP
             model = model.module
@@ -154,7 +202,9 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 def grad_sync(model: nn.Module, sync: bool):
     """Context for one backward pass: with sync=False (not the last micro-batch of a step), DDP skips
-    its gradient all-reduce, so accumulation costs one all-reduce per step."""
+    its gradient all-reduce, so accumulation costs one all-reduce per step. FSDP (no `no_sync`)
+    reduce-scatters every micro-batch into its sharded gradients: keeping full unsharded gradients
+    between micro-batches would cost the memory that sharding saves."""
     if not sync and hasattr(model, "no_sync"):
         return model.no_sync()
     return contextlib.nullcontext()
@@ -202,3 +252,61 @@ def barrier(dist: DistInfo) -> None:
         import torch.distributed as tdist
 
         tdist.barrier()
+
+
+def broadcast_object(obj, dist: DistInfo, src: int = 0):
+    """Rank `src`'s picklable value on every rank (e.g. a decision that only rank 0 can make from its
+    files, so that every rank then calls the same collectives)."""
+    if not dist.enabled:
+        return obj
+    import torch.distributed as tdist
+
+    box = [obj]
+    tdist.broadcast_object_list(box, src=src, device=_comm_device())
+    return box[0]
+
+
+def clip_grad_norm(parameters, max_norm: float) -> float:
+    """Clip the gradients' global L2 norm to max_norm (inf: measure only); returns the norm before
+    clipping, the same on every rank. Works for FSDP shards: their norm is a DTensor, made whole here."""
+    from torch.distributed.tensor import DTensor
+
+    params = [p for p in parameters if p.grad is not None]
+    if not params:
+        return 0.0
+    total = torch.nn.utils.get_total_norm([p.grad for p in params], norm_type=2.0)
+    if isinstance(total, DTensor):
+        total = total.full_tensor()  # (sum over ranks of squared shard norms) ** 0.5
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    return float(total)
+
+
+# Messages of failed collectives: gloo raises plain RuntimeErrors, nccl DistBackendErrors.
+_COLLECTIVE_FAILURES = ("Timed out waiting", "timed out", "Connection closed by peer", "Connection reset by peer",
+                        "gloo/transport", "NCCL", "Broken pipe")
+
+
+@contextlib.contextmanager
+def distributed_errors(timeout_s: int):
+    """Around a whole multi-process command: a collective that fails because another process died or
+    hangs (after `timeout_s`, train.dist_timeout_s) becomes one clear XlmkitError naming this rank,
+    instead of a backend traceback. One process: nothing changes."""
+    dist = dist_info_from_env()
+    try:
+        yield
+    except Exception as e:
+        if not dist.enabled or isinstance(e, XlmkitError) or not _is_collective_failure(e):
+            raise
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise XlmkitError(
+            f"rank {dist.rank} of {dist.world_size}: a collective operation failed ({first_line}); another "
+            f"process probably died or stopped responding (train.dist_timeout_s={timeout_s}); see the "
+            f"other ranks' errors above") from e
+
+
+def _is_collective_failure(e: BaseException) -> bool:
+    import torch.distributed as tdist
+
+    if isinstance(e, getattr(tdist, "DistError", ())):
+        return True
+    return isinstance(e, RuntimeError) and any(s in str(e) for s in _COLLECTIVE_FAILURES)

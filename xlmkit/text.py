@@ -1,7 +1,7 @@
 """Raw text -> clean lines: normalisation, filters, dedup hashes and a strict streaming line reader.
 
-Everything here is a pure function of its arguments (no global state), so the same cleaning runs in
-the pipeline, in tests and in a tokenizer's users' code. `clean_line` is idempotent:
+Cleaning is a pure function of its arguments (no global state), so the same cleaning runs in the
+pipeline, in tests and in downstream code. `clean_line` is idempotent:
 `clean_line(clean_line(x)) == clean_line(x)`, which is what lets the tokenizer's own normaliser (see
 xlmkit.tokenizer) be a no-op on text that went through the pipeline.
 """

@@ -150,10 +150,12 @@ def evaluate(loss_model: nn.Module, eval_sets: dict[str, list], cfg: TrainConfig
     for name, batches in eval_sets.items():
         totals = torch.zeros(3, dtype=torch.float64)  # loss sum, predicted tokens, correct
         for batch in batches:
-            for start, stop in row_bounds(batch.n_rows, dist.world_size)[dist.rank:dist.rank + 1]:
-                part = batch.split_rows(start, stop).to(device)
-                with autocast(device, cfg.precision):
-                    loss_sum, n_correct = loss_model(**batch_inputs(part))
+            mine = row_bounds(batch.n_rows, dist.world_size)[dist.rank:dist.rank + 1]
+            # FSDP's forward is collective: a rank without rows of a short batch runs one row, uncounted
+            part = batch.split_rows(*(mine[0] if mine else (0, 1))).to(device)
+            with autocast(device, cfg.precision):
+                loss_sum, n_correct = loss_model(**batch_inputs(part))
+            if mine:
                 totals += torch.tensor([float(loss_sum), part.n_pred, float(n_correct)], dtype=torch.float64)
         loss, n, correct = all_reduce_sum(totals, dist).tolist()
         if n > 0:
@@ -250,8 +252,8 @@ def pretrain(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: boo
     from xlmkit.data import PreparedData
     from xlmkit.metrics import MetricsLogger
     from xlmkit.model import XLMModel
-    from xlmkit.runtime import (barrier, init_distributed, pick_device, seed_everything, shutdown_distributed,
-                                wrap_model)
+    from xlmkit.runtime import (barrier, broadcast_object, clip_grad_norm, init_distributed, pick_device,
+                                seed_everything, shutdown_distributed, wrap_model)
 
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
@@ -264,8 +266,9 @@ def pretrain(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: boo
     resume_from = prepare_run_dir(out_dir, cfg, data, vocab, resume, dist)
 
     seed_everything(tcfg.seed)
-    encoder = XLMModel(cfg.model).to(device)
+    encoder = XLMModel(cfg.model)
     loss_model = PretrainingLoss(encoder)
+    model = wrap_model(loss_model, dist, tcfg.parallel, device)  # to device; before the optimizer (FSDP shards)
     optimizer = build_optimizer(encoder, tcfg, device)
     scheduler = build_scheduler(optimizer, tcfg)
     sampler = PretrainSampler(data, tcfg, seed=tcfg.seed, rank=dist.rank, world_size=dist.world_size)
@@ -279,10 +282,9 @@ def pretrain(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: boo
         last_valid = {k: v for k, v in state["metrics"].items() if k not in ("elapsed_s",)}
     else:
         seed_everything(tcfg.seed + dist.rank)  # a different dropout stream per process
-    model = wrap_model(loss_model, dist, tcfg.parallel)
     if tcfg.compile:
         model = torch.compile(model)
-    best = best_metric(out_dir) if dist.is_main else None
+    best = broadcast_object(best_metric(out_dir) if dist.is_main else None, dist)
     logger = MetricsLogger(out_dir, enabled=dist.is_main, purge_step=step + 1 if resume_from else None)
     profiler = start_profiler(out_dir, device) if tcfg.profile and dist.is_main else None
     if dist.is_main:
@@ -315,8 +317,7 @@ def pretrain(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: boo
                 window[f"loss_{batch.objective}_{batch.task}"].append(loss)
                 window_tokens += batch.n_tokens * dist.world_size
                 step_loss += loss
-            grad_norm = torch.nn.utils.clip_grad_norm_(encoder.parameters(),
-                                                       tcfg.clip_norm if tcfg.clip_norm > 0 else float("inf"))
+            grad_norm = clip_grad_norm(encoder.parameters(), tcfg.clip_norm if tcfg.clip_norm > 0 else float("inf"))
             lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
             scheduler.step()
@@ -338,11 +339,12 @@ def pretrain(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: boo
                 window.clear()
                 window_tokens, window_start = 0, now
             bar.update(1)
+            pause_start = time.perf_counter()  # evaluation and checkpoints do not count in tokens_per_s
             if step % tcfg.eval_every == 0 or step == tcfg.max_steps:
                 last_valid = evaluate(loss_model, eval_sets, tcfg, device, dist)
                 logger.log({"step": step, "split": "valid", **last_valid})
                 mean_ppl = last_valid.get("mean_ppl")
-                if dist.is_main and mean_ppl is not None and (best is None or mean_ppl < best):
+                if mean_ppl is not None and (best is None or mean_ppl < best):  # every rank: collective
                     best = mean_ppl
                     save_checkpoint(best_dir(out_dir), model=encoder, cfg=cfg, step=step, vocab=vocab,
                                     metrics={**last_valid, "elapsed_s": elapsed()}, dist=dist)
@@ -352,6 +354,7 @@ def pretrain(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: boo
                                 metrics={**last_valid, "elapsed_s": elapsed()}, dist=dist)
                 if dist.is_main:
                     prune_checkpoints(out_dir, tcfg.keep_last)
+            window_start += time.perf_counter() - pause_start
     finally:
         bar.close()
         if profiler is not None:
@@ -377,8 +380,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from xlmkit.runtime import dist_info_from_env, distributed_errors
+
     cfg = config_from_args(args)
-    final = pretrain(cfg, args.data, args.out, resume=args.resume)
+    with distributed_errors(cfg.train.dist_timeout_s):  # another process died or hangs: one clear error
+        final = pretrain(cfg, args.data, args.out, resume=args.resume)
+    if not dist_info_from_env().is_main:  # only rank 0 reports
+        return 0
     langs = sorted(k[4:] for k in final if k.startswith("ppl/"))
     if langs:
         print(f"[pretrain] step {final['step']}: validation perplexity "
