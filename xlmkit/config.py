@@ -212,7 +212,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "finetune": dict(max_len=64, batch_size=16, epochs=2, lr=1e-3, head_lr=1e-3),
     },
     "small": {
-        "prepare": dict(vocab_size=8000, tokenizer_sample_sentences=200_000, valid_sentences=500,
+        "prepare": dict(vocab_size=8000, tokenizer_sample_sentences=100_000, valid_sentences=500,
                         test_sentences=500),
         "model": dict(dim=256, n_layers=4, n_heads=4, ffn_dim=1024, dropout=0.1, attention_dropout=0.1,
                       max_positions=256),
