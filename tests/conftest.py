@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -27,3 +28,25 @@ def synthetic_corpus(tmp_path_factory) -> Path:
     from xlmkit.synthetic import write_corpus
 
     return write_corpus(tmp_path_factory.mktemp("corpus"), n_mono=1500, n_para=800, seed=0)
+
+
+@pytest.fixture(scope="module")
+def one_cpu_thread():
+    """Tiny models run several times faster on one thread than on two that contend with each other
+    (and with anything else on a small shared CPU). Use with pytestmark = usefixtures(...)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(synthetic_corpus, tmp_path_factory) -> Path:
+    """The synthetic corpus prepared with the tiny preset, once per session. Its small grammar has
+    fewer distinct pieces than the preset's vocabulary size, hence a smaller one."""
+    from xlmkit.config import load_config
+    from xlmkit.prepare import prepare_data
+
+    cfg = load_config("tiny", ["prepare.vocab_size=80"])
+    return prepare_data(cfg.prepare, tmp_path_factory.mktemp("prepared") / "data", data_dir=synthetic_corpus,
+                        progress=False)

@@ -41,13 +41,7 @@ VOCAB = {"lang2id": {"en": 0, "fr": 1}, "specials": {"bos": 0, "pad": 1, "eos": 
          "languages": ["en", "fr"], "pairs": ["en-fr"], "vocab_size": 40, "data_dir": "/nowhere"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_cpu_thread():
-    """Tiny models on a shared CPU: one thread is several times faster than two that contend."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def tiny_config(**model):

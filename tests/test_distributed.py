@@ -33,22 +33,12 @@ OVERRIDES = (f"train.max_steps={STEPS}", "train.batch_size=8", "train.log_every=
 TORCHRUN_TIMEOUT_S = 300  # a hang fails the test instead of blocking the suite
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_cpu_thread():
-    """Tiny models on a shared CPU: one thread is several times faster than two that contend."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
-@pytest.fixture(scope="module")
-def prepared(synthetic_corpus, tmp_path_factory) -> Path:
-    from xlmkit.prepare import prepare_data
-
-    cfg = load_config("tiny", ["prepare.vocab_size=80"])
-    return prepare_data(cfg.prepare, tmp_path_factory.mktemp("prepared") / "data", data_dir=synthetic_corpus,
-                        progress=False)
+@pytest.fixture(scope="session")
+def prepared(tiny_prepared) -> Path:
+    return tiny_prepared
 
 
 def free_port() -> int:

@@ -18,24 +18,12 @@ from xlmkit.metrics import read_metrics
 from xlmkit.train import lr_factor, pretrain
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_cpu_thread():
-    """Tiny models on a shared CPU: one thread is several times faster than two that contend."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 @pytest.fixture(scope="session")
-def prepared(synthetic_corpus, tmp_path_factory) -> Path:
-    """The synthetic corpus prepared with the tiny preset, once per session. Its small grammar has
-    fewer distinct pieces than the preset's vocabulary size, hence a smaller one."""
-    from xlmkit.prepare import prepare_data
-
-    cfg = load_config("tiny", ["prepare.vocab_size=80"])
-    return prepare_data(cfg.prepare, tmp_path_factory.mktemp("prepared") / "data", data_dir=synthetic_corpus,
-                        progress=False)
+def prepared(tiny_prepared) -> Path:
+    return tiny_prepared
 
 
 def config(*overrides: str):
