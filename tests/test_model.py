@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from xlmkit.config import ModelConfig
-from xlmkit.model import XLMModel, create_sinusoidal_embeddings
+from xlmkit.model import XLMModel, attention_with_dropout, create_sinusoidal_embeddings, dropout, keep_mask
 
 PAD = 1
 V = 53
@@ -233,6 +233,79 @@ def test_dropout_only_in_training():
         torch.testing.assert_close(model(ids), model(ids), atol=0, rtol=0)
         model.train()
         assert (model(ids) - model(ids)).abs().amax() > 1e-3
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_dropout_keep_rate_scale_gradient_and_seed(p, dtype):
+    # the CPU dropout draws its mask from 16-bit words: check it is still dropout
+    x = torch.randn(256, 1024).to(dtype).requires_grad_()
+    torch.manual_seed(0)
+    y = dropout(x, p, training=True)
+    kept = y != 0
+    n = kept.numel()
+    assert abs(kept.float().mean().item() - (1 - p)) < 5 * math.sqrt(p * (1 - p) / n)  # 5 sigma
+    torch.testing.assert_close(y[kept], (x * (1 / (1 - p)))[kept], atol=0, rtol=0)  # as F.dropout rounds
+    y.backward(torch.ones_like(y))
+    torch.testing.assert_close(x.grad, kept.to(dtype) * (1 / (1 - p)), atol=0, rtol=0)
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x, p, training=True), y)  # the seed decides the mask
+    assert not torch.equal(dropout(x, p, training=True), y)
+    assert dropout(x, p, training=False) is x
+
+
+def test_keep_mask_words_are_unbiased():
+    # every 16-bit word of the 64-bit draws is uniform (plain int64 random_() never sets the top bit)
+    torch.manual_seed(0)
+    keep = keep_mask((4096, 64), 0.5, torch.device("cpu"))  # (4096, 64): 16 draws of 4 words per row
+    rate_per_word = keep.view(-1, 4).float().mean(0)  # (4,)
+    assert (rate_per_word - 0.5).abs().max() < 0.01
+    assert keep_mask((3, 5), 1e-9, torch.device("cpu")).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("masking", ["none", "padding", "causal"])
+def test_attention_with_dropout_is_sdpa_without_dropout(dtype, masking):
+    # the training path on the CPU computes SDPA's math path itself (to draw a cheaper mask); with
+    # nothing dropped it must be SDPA's math path exactly, and SDPA's default kernel to rounding
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 9, 8, generator=g).to(dtype) for _ in range(3))  # (B, H, T, hd)
+    attn_mask, is_causal = None, masking == "causal"
+    if masking == "padding":
+        attn_mask = torch.tensor([[True] * 9, [True] * 5 + [False] * 4])[:, None, None, :]  # (B, 1, 1, T)
+    ours = attention_with_dropout(q, k, v, attn_mask, is_causal, p=0.0)
+    with sdpa_kernel(SDPBackend.MATH):
+        math_path = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+    torch.testing.assert_close(ours, math_path, atol=0, rtol=0)
+    default = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(ours, default, atol=tol, rtol=tol)
+    # with dropout and v = identity the output is the attention probabilities themselves: each one is
+    # either dropped (0) or kept and scaled by 1 / (1 - p)
+    eye = torch.eye(9, dtype=dtype).expand(2, 4, 9, 9)  # (B, H, T, T)
+    with sdpa_kernel(SDPBackend.MATH):
+        probs = F.scaled_dot_product_attention(q, k, eye, attn_mask=attn_mask, is_causal=is_causal)
+    torch.manual_seed(0)
+    dropped = attention_with_dropout(q, k, eye, attn_mask, is_causal, p=0.5)  # (B, H, T, T)
+    kept = dropped != 0
+    assert 0.3 < kept[probs != 0].float().mean() < 0.7
+    torch.testing.assert_close(dropped[kept], (probs * 2)[kept], atol=0, rtol=0)
+
+
+def test_cpu_training_step_is_seeded_and_finite_with_padding():
+    model = make_model(dropout=0.2, attention_dropout=0.2).train()
+    ids = right_padded([8, 5, 1])
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        h = model(ids)
+        h[ids != PAD].sum().backward()
+        outs.append(h.detach())
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        model.zero_grad()
+    assert torch.equal(outs[0], outs[1])
 
 
 @pytest.mark.parametrize("layer", [-1, 0, 1])
