@@ -12,7 +12,7 @@ import torch
 
 from xlmkit.batches import Batch, PretrainSampler, VocabSpec, eval_batches
 from xlmkit.config import ConfigError, TrainConfig
-from xlmkit.data import FORMAT, FORMAT_VERSION, SPECIAL_TOKENS, SPLITS, PreparedData, lang_tag
+from xlmkit.data import FORMAT, FORMAT_VERSION, SPECIAL_TOKENS, SPLITS, PreparedData
 from xlmkit.errors import DataError
 from xlmkit.objectives import maskable_positions, n_predictions, stream_chunks, stream_layout, tlm_pair_layout
 

@@ -189,7 +189,7 @@ def test_finetune_learns_and_stops_early(tiny_run, tmp_path):
     res = finetune(loaded, _ft(task="token", epochs=3, lr=3e-3, head_lr=3e-3, warmup_ratio=0.0), train, dev,
                    log=lambda s: None)
     preds = predict(res.model, res.encoder.encode(dev)[0], 1, 32, torch.device("cpu"), "fp32")
-    s = score(dev, res.encoder.encode(dev)[0], preds, res.spec.labels)
+    s = score(dev, preds, res.spec.labels)
     gold = [t for ex in dev for t in ex.label]
     majority = M.accuracy(gold, [M.majority_label(gold)] * len(gold))
     assert s["token_accuracy"] > majority + 0.2
@@ -304,11 +304,10 @@ def test_pos_zero_shot_on_real_ud_pud(tiny_run, shared_data, tmp_path):
 
 
 def test_scores_ignore_words_cut_by_truncation():
-    from xlmkit.finetune import Encoded, score
+    from xlmkit.finetune import score
 
     ex = Example(lang="en", label=["A", "B", "A"], tokens=["x", "y", "z"])
-    enc = Encoded(np.zeros(3, dtype=np.int64), None, np.arange(3), np.zeros(3, dtype=np.int64))
-    s = score([ex], [enc], [np.array([0, 0])], ["A", "B"])
+    s = score([ex], [np.array([0, 0])], ["A", "B"])
     assert s["n_tokens"] == 2 and s["dropped_words"] == 1 and s["token_accuracy"] == 0.5
 
 

@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from _tiny_model import make_tiny_run
 
 from xlmkit.cli import main

@@ -3,7 +3,6 @@ embeddings, sentence embeddings, and numerical parity with Hugging Face's XLM.""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 

@@ -242,7 +242,7 @@ def evaluate_language(ft_model, encoder, examples: list[Example], labels: Sequen
                 raise DataError("no test example left after leaving out unknown labels")
     data, stats = encoder.encode(examples, allow_unknown=unknown == "ignore")
     preds = predict(ft_model, data, encoder.pad_id, max(ft.batch_size, 64), device, ft.precision)
-    row = score(examples, data, preds, labels, per_class=per_class)
+    row = score(examples, preds, labels, per_class=per_class)
     # majority baseline: the most frequent training label everywhere
     if encoder.spec.task == "token":
         known = set(labels)

@@ -378,8 +378,7 @@ def predict(model: TaskModel, data: Sequence[Encoded], pad_id: int, batch_size: 
     return out
 
 
-def score(examples: Sequence[Example], encoded: Sequence[Encoded], preds: Sequence, labels: Sequence[str],
-          per_class: bool = False) -> dict[str, Any]:
+def score(examples: Sequence[Example], preds: Sequence, labels: Sequence[str], per_class: bool = False) -> dict[str, Any]:
     """Metrics of predictions against the examples' gold labels (token task: words dropped by truncation
     are left out and counted in `dropped_words`)."""
     from xlmkit import metrics_eval as M
@@ -388,7 +387,7 @@ def score(examples: Sequence[Example], encoded: Sequence[Encoded], preds: Sequen
     if examples and isinstance(examples[0].label, list):
         known = set(labels)
         gold_seqs, pred_seqs, dropped, unknown = [], [], 0, 0
-        for ex, enc, p in zip(examples, encoded, preds):
+        for ex, p in zip(examples, preds):
             kept = len(p)
             pairs = [(g, labels[j]) for g, j in zip(ex.label[:kept], p)]
             unknown += sum(g not in known for g, _ in pairs)
@@ -584,7 +583,7 @@ def finetune(
         line = f"[finetune] epoch {epoch} step {step}/{total} loss {record['loss']:.4f}"
         if dev_data is not None:
             preds = predict(model, dev_data, enc.pad_id, max(ft.batch_size, 64), device, ft.precision)
-            dev_scores = score(dev_examples, dev_data, preds, labels)
+            dev_scores = score(dev_examples, preds, labels)
             key, value = dev_metric(dev_scores)
             dev_record = {"epoch": epoch, "step": step, "split": "dev", **dev_scores}
             history.append(dev_record)

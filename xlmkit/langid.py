@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     data, stats = result.encoder.encode(test_examples)
     device = next(result.model.parameters()).device
     preds = predict(result.model, data, result.encoder.pad_id, max(ft.batch_size, 64), device, ft.precision)
-    scores = score(test_examples, data, preds, langs, per_class=True)
+    scores = score(test_examples, preds, langs, per_class=True)
     gold = [ex.label for ex in test_examples]
     pred = [langs[j] for j in preds]
     cm = M.confusion_matrix(gold, pred, langs)
