@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import zlib
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -130,25 +131,44 @@ class VocabSpec:
     unk_id: int
     mask_id: int
     lang2id: dict[str, int]
+    # Special ids at or above first_normal_id (a reused tokenizer's, e.g. XLM-R's last-id <mask>): never
+    # predicted, never drawn as a random replacement. Empty for xlmkit's own vocabularies (fast path).
+    special_ids: tuple[int, ...] = ()
 
     @classmethod
     def from_data(cls, data: PreparedData) -> VocabSpec:
-        tags = list(data.lang_token_ids.values())
-        first = max([len(SPECIAL_TOKENS) + len(data.languages)] + [t + 1 for t in tags])
         s = data.specials
-        if first >= data.vocab_size:
+        listed = data.manifest.get("special_ids")
+        if listed is None:  # xlmkit's layout: specials, then language tags, then subwords
+            tags = list(data.lang_token_ids.values())
+            first = max([len(SPECIAL_TOKENS) + len(data.languages)] + [t + 1 for t in tags])
+            above: tuple[int, ...] = ()
+        else:
+            specials = {int(i) for i in listed} | set(s.all) | {int(t) for t in data.lang_token_ids.values()}
+            first = next(i for i in range(data.vocab_size + 1) if i not in specials)
+            above = tuple(sorted(i for i in specials if first <= i < data.vocab_size))
+        if first >= data.vocab_size or data.vocab_size - first - len(above) <= 0:
             raise DataError(f"{data.root}: vocabulary of {data.vocab_size} ids has no subword tokens "
                             f"(specials and language tags take ids 0..{first - 1})")
         return cls(n_vocab=data.vocab_size, first_normal_id=first, bos_id=s.bos, pad_id=s.pad, eos_id=s.eos,
-                   unk_id=s.unk, mask_id=s.mask, lang2id=dict(data.lang2id))
+                   unk_id=s.unk, mask_id=s.mask, lang2id=dict(data.lang2id), special_ids=above)
+
+    @cached_property
+    def replacement_ids(self) -> np.ndarray | None:
+        """Ids a random replacement may draw when some specials sit among the subwords; None otherwise."""
+        if not self.special_ids:
+            return None
+        ids = np.arange(self.first_normal_id, self.n_vocab, dtype=np.int64)
+        return ids[~np.isin(ids, self.special_ids)]
 
 
 def _mask(ids: np.ndarray, attention_mask: np.ndarray, rng: np.random.Generator, cfg: TrainConfig,
           vocab: VocabSpec, weights: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    maskable = maskable_positions(ids, vocab.first_normal_id, vocab.unk_id) & attention_mask
+    special = np.asarray(vocab.special_ids, dtype=np.int64) if vocab.special_ids else None
+    maskable = maskable_positions(ids, vocab.first_normal_id, vocab.unk_id, special) & attention_mask
     return mask_tokens(ids, rng, word_pred=cfg.word_pred, mask_prob=cfg.mask_prob, random_prob=cfg.random_prob,
                        mask_id=vocab.mask_id, n_vocab=vocab.n_vocab, first_normal_id=vocab.first_normal_id,
-                       maskable=maskable, sample_weights=weights)
+                       maskable=maskable, sample_weights=weights, replacement_ids=vocab.replacement_ids)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -52,11 +52,17 @@ def language_probs(counts: Mapping[str, int], alpha: float) -> dict[str, float]:
 # Masking (MLM and TLM)
 
 
-def maskable_positions(ids: np.ndarray, first_normal_id: int, unk_id: int | None) -> np.ndarray:
+def maskable_positions(ids: np.ndarray, first_normal_id: int, unk_id: int | None,
+                       special_ids: np.ndarray | None = None) -> np.ndarray:
     """Positions that may be chosen for prediction: subword tokens (id >= first_normal_id, i.e. past the
-    five specials and the language tags) and, when `unk_id` is given, <unk> (see the module docstring)."""
+    five specials and the language tags) and, when `unk_id` is given, <unk> (see the module docstring).
+
+    `special_ids` (sorted ids, e.g. the manifest's `special_ids`) excludes specials that sit among the
+    subwords, as in a reused tokenizer (XLM-R's <mask> is its last id); None keeps the fast path."""
     ids = np.asarray(ids)
     maskable = ids >= first_normal_id
+    if special_ids is not None and len(special_ids):
+        maskable &= ~np.isin(ids, special_ids)
     if unk_id is not None:
         maskable |= ids == unk_id
     return maskable
@@ -104,6 +110,7 @@ def mask_tokens(
     first_normal_id: int,
     maskable: np.ndarray,
     sample_weights: np.ndarray | None = None,
+    replacement_ids: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """BERT/XLM masking of a batch (Devlin et al. 2019; Lample & Conneau 2019).
 
@@ -112,7 +119,9 @@ def mask_tokens(
     id, see `sample_weights()`), without replacement with probability proportional to the weight of the
     token at each position. Each chosen position is then independently replaced by `mask_id` with
     probability `mask_prob`, by a random id in [first_normal_id, n_vocab) (never a special or a language
-    tag) with probability `random_prob`, and kept otherwise.
+    tag) with probability `random_prob`, and kept otherwise. With `replacement_ids` (every id that may
+    be drawn, for vocabularies whose specials are not all below first_normal_id) the random id is drawn
+    uniformly from those instead.
 
     ids: (B, T) ints; maskable: (B, T) bool. Returns (corrupted ids (B, T), same dtype as ids; pred_mask
     (B, T) bool, True where the original token must be predicted). `ids` is not modified.
@@ -149,7 +158,10 @@ def mask_tokens(
     # 80/10/10 (by default) among the chosen positions, in row-major order.
     positions = np.flatnonzero(pred_flat)
     u = rng.random(len(positions))
-    random_ids = rng.integers(first_normal_id, n_vocab, size=len(positions))
+    if replacement_ids is None:
+        random_ids = rng.integers(first_normal_id, n_vocab, size=len(positions))
+    else:
+        random_ids = np.asarray(replacement_ids)[rng.integers(0, len(replacement_ids), size=len(positions))]
     corrupted = ids.copy()
     flat = corrupted.reshape(-1)
     to_mask = u < mask_prob

@@ -353,19 +353,19 @@ def encode_lines(tok, lines: list[str], eos: int, dtype: str) -> tuple[np.ndarra
 
 
 def _encode_task(task: tuple) -> list[tuple[np.ndarray, np.ndarray]]:
-    files, starts, n, dtype = task
+    files, starts, n, dtype, eos = task
     out = []
     for path, start in zip(files, starts):
         lines = list(_read_work_lines(path, start, n))
-        out.append(encode_lines(_WORKER_TOKENIZER, lines, SpecialIds().eos, dtype))
+        out.append(encode_lines(_WORKER_TOKENIZER, lines, eos, dtype))
     return out
 
 
-def _chunk_tasks(c: Cleaned, dtype: str) -> list[tuple]:
+def _chunk_tasks(c: Cleaned, dtype: str, eos: int) -> list[tuple]:
     tasks = []
     for i, starts in enumerate(c.chunk_starts):
         n = min(c.chunk_lines, c.n_lines - i * c.chunk_lines)
-        tasks.append((c.work_files, starts, n, dtype))
+        tasks.append((c.work_files, starts, n, dtype, eos))
     return tasks
 
 
@@ -448,16 +448,17 @@ def _split_labels(start: int, n: int, valid: np.ndarray, test: np.ndarray) -> np
 
 
 def encode_sources(cleaned: list[Cleaned], tok, out: Path, cfg: PrepareConfig, dtype: str,
-                   progress: bool = False) -> dict[str, dict]:
+                   progress: bool = False, specials: SpecialIds | None = None) -> dict[str, dict]:
     """Encode every source into its split shards; return the per-source manifest counts."""
     from tqdm import tqdm
 
+    specials = specials or SpecialIds()
     tasks, owners = [], []
     for ci, c in enumerate(cleaned):
-        for t in _chunk_tasks(c, dtype):
+        for t in _chunk_tasks(c, dtype, specials.eos):
             tasks.append(t)
             owners.append(ci)
-    unk = SpecialIds().unk
+    unk = specials.unk
     counts: dict[str, dict] = {"mono": {}, "para": {}}
     bar = tqdm(total=sum(c.n_lines for c in cleaned), desc="encode", unit=" lines", disable=not progress,
                file=sys.stderr, mininterval=0.5)
@@ -503,6 +504,77 @@ def _finish(c: Cleaned, writers: list[list[ShardWriter]], counts: dict) -> None:
                             "tokens": {lang: w.tokens for lang, w in zip(c.source.langs, sides)},
                             "unk": {lang: w.unk for lang, w in zip(c.source.langs, sides)}}
     counts[c.source.kind][c.source.name] = entry
+
+
+# ----------------------------------------------------------------------------------------------
+# Reusing a run's tokenizer (continued pretraining)
+
+
+@dataclass
+class ReusedTokenizer:
+    """A run's tokenizer with the ids its model was trained with (its vocab.json), not xlmkit's fixed ones."""
+
+    tokenizer: object  # tokenizers.Tokenizer
+    source: Path  # the tokenizer.json
+    vocab_size: int  # the model's (may exceed the tokenizer's, e.g. an imported model with spare rows)
+    specials: dict[str, int]  # bos/pad/eos/unk/mask
+    lang2id: dict[str, int]
+    lang_tokens: dict[str, int]
+    special_ids: list[int]  # every id never predicted nor drawn as a random replacement
+    stamp: str  # sha256 of tokenizer.json + vocab.json, for the up-to-date check
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read it ({e})") from None
+
+
+def reuse_tokenizer(path: str | Path, languages: list[str]) -> ReusedTokenizer:
+    """Load RUN/tokenizer.json (or the given tokenizer.json) and the ids of RUN/vocab.json beside it.
+
+    The new text's languages must be in the run's lang2id when its model has language embeddings
+    (RUN/config.json model.use_lang_emb); otherwise a language it does not know is recorded with id 0,
+    which such a model never reads. Unlike `check_tokenizer`, nothing assumes xlmkit's fixed ids."""
+    from tokenizers import Tokenizer
+
+    path = Path(path)
+    tok_path = path / "tokenizer.json" if path.is_dir() else path
+    run = tok_path.parent
+    if not tok_path.is_file():
+        raise DataError(f"--tokenizer {path}: no tokenizer.json there (give a run directory or its tokenizer.json)")
+    vocab_path = run / "vocab.json"
+    if not vocab_path.is_file():
+        raise DataError(f"--tokenizer {path}: no vocab.json beside {tok_path.name}; its special ids and languages "
+                        f"are unknown (give the directory of an xlmkit run, e.g. one made by `xlmkit import`)")
+    vocab = _read_json(vocab_path)
+    try:
+        tok = Tokenizer.from_file(str(tok_path))
+    except Exception as e:  # noqa: BLE001 (tokenizers raises a bare Exception)
+        raise DataError(f"{tok_path}: not a tokenizers file ({e})") from None
+    specials = {k: int(v) for k, v in (vocab.get("specials") or {}).items()}
+    if sorted(specials) != sorted(("bos", "pad", "eos", "unk", "mask")):
+        raise DataError(f"{vocab_path}: 'specials' must give the ids of bos, pad, eos, unk and mask; got {specials}")
+    lang2id = {str(k): int(v) for k, v in (vocab.get("lang2id") or {}).items()}
+    config = _read_json(run / "config.json").get("model", {}) if (run / "config.json").is_file() else {}
+    has_lang_emb = bool(config.get("use_lang_emb", len(set(lang2id.values())) > 1))
+    unknown = [lang for lang in languages if lang not in lang2id]
+    if unknown and has_lang_emb:
+        raise DataError(f"language{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} of the new text "
+                        f"{'are' if len(unknown) > 1 else 'is'} unknown to {run} (its model has language embeddings "
+                        f"for: {', '.join(sorted(lang2id)) or 'none'})")
+    lang2id.update({lang: 0 for lang in unknown})
+    n_tok = tok.get_vocab_size(with_added_tokens=True)
+    vocab_size = int(vocab.get("vocab_size") or n_tok)
+    if vocab_size < n_tok:
+        raise DataError(f"{vocab_path}: vocab_size {vocab_size} is smaller than its tokenizer ({n_tok} tokens)")
+    lang_tokens = {str(k): int(v) for k, v in (vocab.get("lang_tokens") or {}).items()}
+    special_ids = sorted({int(i) for i in vocab.get("special_ids", [])}
+                         | {i for i, t in tok.get_added_tokens_decoder().items() if t.special}
+                         | set(specials.values()) | set(lang_tokens.values()))
+    digest = hashlib.sha256(tok_path.read_bytes() + vocab_path.read_bytes()).hexdigest()
+    return ReusedTokenizer(tok, tok_path.resolve(), vocab_size, specials, lang2id, lang_tokens, special_ids, digest)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -573,16 +645,23 @@ def _clean_all(sources: list[Source], cfg: PrepareConfig, work: Path, progress: 
 
 def prepare_data(cfg: PrepareConfig, out_dir: str | Path, mono: dict[str, str | Path] | None = None,
                  para: dict[str, tuple[str | Path, str | Path]] | None = None,
-                 data_dir: str | Path | None = None, progress: bool = True) -> Path:
+                 data_dir: str | Path | None = None, progress: bool = True,
+                 tokenizer: str | Path | None = None) -> Path:
     """Clean, tokenize and shard the inputs into `out_dir` (format: xlmkit/data.py). Returns out_dir.
 
     `mono` maps language -> text file, `para` maps 'a-b' -> (file_a, file_b); `data_dir` adds what
-    `discover_inputs` finds there. Codes may be ISO 639-1 or 639-3 ('eng' == 'en').
+    `discover_inputs` finds there. Codes may be ISO 639-1 or 639-3 ('eng' == 'en'). `tokenizer` (a run
+    directory or its tokenizer.json) reuses that run's tokenizer and ids instead of training one
+    (`reuse_tokenizer`), for continued pretraining of the run.
     """
     t0 = time.perf_counter()
     out = Path(out_dir)
     sources = resolve_sources(mono, para, data_dir)
     stamp, hashes = input_stamp(sources, cfg)
+    reused = None
+    if tokenizer is not None:
+        reused = reuse_tokenizer(tokenizer, sorted({lang for src in sources for lang in src.langs}))
+        stamp = hashlib.sha256((stamp + reused.stamp).encode()).hexdigest()
     if _is_up_to_date(out, stamp):
         _log(progress, f"xlmkit prepare: {out} is up to date (same inputs and settings); nothing to do")
         return out
@@ -593,41 +672,51 @@ def prepare_data(cfg: PrepareConfig, out_dir: str | Path, mono: dict[str, str | 
         t = time.perf_counter()
         cleaned = _clean_all(sources, cfg, tmp / "work", progress)
         timings["clean"] = time.perf_counter() - t
-        _log(progress, f"  training {cfg.tokenizer} tokenizer (vocab {cfg.vocab_size}, "
-                       f"{cfg.tokenizer_sample_sentences} sampled sentences, alpha {cfg.alpha})")
         t = time.perf_counter()
-        tok, sample_sizes = fit_tokenizer(cleaned, cfg, progress)
-        tok.save(str(tmp / "tokenizer.json"))
-        timings["tokenizer"] = time.perf_counter() - t
         from xlmkit.tokenizer import check_tokenizer, language_shares
 
-        languages = sorted(sample_sizes)
-        info = check_tokenizer(tok, languages)
-        dtype = "uint16" if info.vocab_size <= 1 << 16 else "int32"
+        line_counts = {lang: sum(n for _, n in segs) for lang, segs in _lang_segments(cleaned).items()}
+        languages = sorted(line_counts)
+        if reused is None:
+            _log(progress, f"  training {cfg.tokenizer} tokenizer (vocab {cfg.vocab_size}, "
+                           f"{cfg.tokenizer_sample_sentences} sampled sentences, alpha {cfg.alpha})")
+            tok, sample_sizes = fit_tokenizer(cleaned, cfg, progress)
+            info = check_tokenizer(tok, languages)
+            ids = {"lang2id": {lang: i for i, lang in enumerate(languages)}, "vocab_size": info.vocab_size,
+                   "specials": info.specials, "lang_tokens": info.lang_tokens}
+            tokenizer_entry = {"file": "tokenizer.json", "type": cfg.tokenizer, "vocab_size": info.vocab_size,
+                               "alpha": cfg.alpha, "sample_sentences": sample_sizes,
+                               "sample_shares": language_shares(line_counts, cfg.alpha)}
+        else:
+            _log(progress, f"  reusing the tokenizer of {reused.source} (vocab {reused.vocab_size})")
+            tok = reused.tokenizer
+            ids = {"lang2id": reused.lang2id, "vocab_size": reused.vocab_size, "specials": reused.specials,
+                   "lang_tokens": reused.lang_tokens, "special_ids": reused.special_ids}
+            tokenizer_entry = {"file": "tokenizer.json", "reused_from": str(reused.source),
+                               "vocab_size": reused.vocab_size}
+        tok.save(str(tmp / "tokenizer.json"))
+        timings["tokenizer"] = time.perf_counter() - t
+        dtype = "uint16" if ids["vocab_size"] <= 1 << 16 else "int32"
         t = time.perf_counter()
-        counts = encode_sources(cleaned, tok, tmp, cfg, dtype, progress)
+        counts = encode_sources(cleaned, tok, tmp, cfg, dtype, progress, SpecialIds(**ids["specials"]))
         timings["encode"] = time.perf_counter() - t
         shutil.rmtree(tmp / "work")
-        line_counts = {lang: sum(n for _, n in segs) for lang, segs in _lang_segments(cleaned).items()}
         manifest = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
             "languages": languages,
             "pairs": sorted(counts["para"]),
-            "lang2id": {lang: i for i, lang in enumerate(languages)},
-            "vocab_size": info.vocab_size,
+            "lang2id": ids["lang2id"],
+            "vocab_size": ids["vocab_size"],
             "dtype": dtype,
-            "specials": info.specials,
-            "lang_tokens": info.lang_tokens,
+            "specials": ids["specials"],
+            "lang_tokens": ids["lang_tokens"],
+            **({"special_ids": ids["special_ids"]} if "special_ids" in ids else {}),
             "mono": counts["mono"],
             "para": counts["para"],
             "sources": [_source_entry(c, hashes) for c in cleaned],
             "config": config_to_dict(cfg),
-            "tokenizer": {
-                "file": "tokenizer.json", "type": cfg.tokenizer, "vocab_size": info.vocab_size,
-                "alpha": cfg.alpha, "sample_sentences": sample_sizes,
-                "sample_shares": language_shares(line_counts, cfg.alpha),
-            },
+            "tokenizer": tokenizer_entry,
             "stamp": stamp,
             "timings_s": {k: round(v, 3) for k, v in timings.items()},  # informative only
         }
@@ -637,7 +726,7 @@ def prepare_data(cfg: PrepareConfig, out_dir: str | Path, mono: dict[str, str | 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _log(progress, f"xlmkit prepare: wrote {out} in {time.perf_counter() - t0:.1f}s "
-                   f"({len(languages)} languages, {len(counts['para'])} pairs, vocab {info.vocab_size})")
+                   f"({len(languages)} languages, {len(counts['para'])} pairs, vocab {ids['vocab_size']})")
     return out
 
 
@@ -688,6 +777,9 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_input_arguments(parser)
+    parser.add_argument("--tokenizer", metavar="RUN_OR_TOKENIZER_JSON",
+                        help="reuse this run's tokenizer and its ids (RUN/tokenizer.json + RUN/vocab.json) instead "
+                             "of training one, e.g. to continue pretraining a run made by `xlmkit import`")
 
 
 def inputs_from_args(args: argparse.Namespace) -> tuple[dict, dict]:
@@ -719,5 +811,6 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     mono, para = inputs_from_args(args)
-    prepare_data(cfg.prepare, args.out, mono, para, args.data_dir, progress=not args.quiet)
+    prepare_data(cfg.prepare, args.out, mono, para, args.data_dir, progress=not args.quiet,
+                 tokenizer=getattr(args, "tokenizer", None))
     return 0

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import time
 from collections import defaultdict
@@ -37,10 +38,12 @@ from xlmkit.errors import XlmkitError
 # Small helpers
 
 
-def resolve_config(cfg: Config, data) -> Config:
-    """Fill in the model's data-derived values from the prepared data's manifest."""
-    model = dataclasses.replace(cfg.model, vocab_size=data.vocab_size, n_langs=len(data.lang2id),
-                                pad_id=data.specials.pad)
+def resolve_config(cfg: Config, data, model=None) -> Config:
+    """Fill in the model's data-derived values from the prepared data's manifest (or take `model`, a
+    resolved ModelConfig, as it is: --init)."""
+    if model is None:
+        model = dataclasses.replace(cfg.model, vocab_size=data.vocab_size, n_langs=len(data.lang2id),
+                                    pad_id=data.specials.pad)
     if cfg.train.bptt > model.max_positions:
         raise ConfigError(f"train.bptt ({cfg.train.bptt}) exceeds model.max_positions ({model.max_positions})")
     if cfg.train.tlm_max_len > model.max_positions:
@@ -51,9 +54,43 @@ def resolve_config(cfg: Config, data) -> Config:
 
 def vocab_info(data) -> dict:
     """RUN/vocab.json: what a user of the model needs to know of the data's vocabulary."""
-    return {"lang2id": dict(data.lang2id), "specials": dataclasses.asdict(data.specials),
+    info = {"lang2id": dict(data.lang2id), "specials": dataclasses.asdict(data.specials),
             "languages": list(data.languages), "pairs": list(data.pairs), "vocab_size": data.vocab_size,
             "lang_tokens": dict(data.lang_token_ids), "data_dir": str(Path(data.root).resolve())}
+    if "special_ids" in data.manifest:  # a reused tokenizer (`xlmkit prepare --tokenizer`)
+        info["special_ids"] = list(data.manifest["special_ids"])
+    return info
+
+
+def init_from(init: str | Path, cfg: Config, data, vocab: dict) -> tuple[Config, dict, Path]:
+    """`--init RUN_OR_CHECKPOINT`: the model config of that run (not the preset's) and its checkpoint
+    (best/, else the latest) to load the weights from. The data must have been prepared with the
+    run's tokenizer and ids (`xlmkit prepare --tokenizer RUN`). Returns (config, vocab.json, checkpoint)."""
+    from xlmkit.checkpoint import _resolve_checkpoint, read_state
+
+    ckpt = _resolve_checkpoint(Path(init), "best")
+    state = read_state(ckpt)
+    model = config_from_dict(state["config"]).model
+    init_vocab = state.get("vocab") or {}
+    run_vocab = ckpt.parent.parent / "vocab.json"
+    if not init_vocab and run_vocab.is_file():
+        init_vocab = json.loads(run_vocab.read_text(encoding="utf-8"))
+    hint = f"; prepare the data with `xlmkit prepare --tokenizer {init}`"
+    if data.vocab_size != model.vocab_size or data.vocab_size != init_vocab.get("vocab_size", model.vocab_size):
+        raise XlmkitError(f"--init {init}: the data's vocab_size {data.vocab_size} differs from the model's "
+                          f"{model.vocab_size}{hint}")
+    if "specials" in init_vocab and vocab["specials"] != init_vocab["specials"]:
+        raise XlmkitError(f"--init {init}: the data's special ids {vocab['specials']} differ from the run's "
+                          f"{init_vocab['specials']}{hint}")
+    run_lang2id = init_vocab.get("lang2id", {})
+    same = {k: v for k, v in vocab["lang2id"].items() if k in run_lang2id}
+    new = sorted(set(vocab["lang2id"]) - set(run_lang2id))
+    if same != {k: v for k, v in run_lang2id.items() if k in same} or (new and model.use_lang_emb):
+        raise XlmkitError(f"--init {init}: the data's lang2id {vocab['lang2id']} differs from the run's "
+                          f"{run_lang2id}{hint}")
+    vocab = {**vocab, **{k: init_vocab[k] for k in ("sentence_wrap", "special_tokens") if k in init_vocab},
+             "init": str(ckpt.resolve())}
+    return resolve_config(dataclasses.replace(cfg, model=model), data, model), vocab, ckpt
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -241,14 +278,18 @@ def window_means(window: dict[str, list[float]]) -> dict[str, float]:
 # The loop
 
 
-def pretrain(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool = False) -> dict:
+def pretrain(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool = False,
+             init: str | Path | None = None) -> dict:
     """Pretrain on the prepared data in `data_dir`, writing the run to `out_dir`; with resume=True,
-    continue from the run's latest checkpoint exactly where it stopped. Returns the final metrics:
+    continue from the run's latest checkpoint exactly where it stopped. With `init` (a run or checkpoint
+    directory), start from its weights and model config: a fresh run (step 0, new optimizer and
+    schedule) continuing that model's pretraining. Returns the final metrics:
     {"step", "loss", "ppl/<lang>", "acc/<lang>", ..., "mean_ppl", "best_mean_ppl", "elapsed_s"}."""
     from tqdm.auto import tqdm
 
     from xlmkit.batches import PretrainSampler
-    from xlmkit.checkpoint import best_dir, best_metric, load_checkpoint, prune_checkpoints, save_checkpoint, step_dir
+    from xlmkit.checkpoint import (best_dir, best_metric, load_checkpoint, load_weights, prune_checkpoints,
+                                   save_checkpoint, step_dir)
     from xlmkit.data import PreparedData
     from xlmkit.metrics import MetricsLogger
     from xlmkit.model import XLMModel
@@ -260,13 +301,19 @@ def pretrain(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: boo
     dist = init_distributed(cfg.train.dist_timeout_s, cfg.train.device)
     device = pick_device(cfg.train.device, dist)
     data = PreparedData(data_dir)
-    cfg = resolve_config(cfg, data)
-    tcfg = cfg.train
     vocab = vocab_info(data)
+    init_ckpt = None
+    if init is not None:
+        cfg, vocab, init_ckpt = init_from(init, cfg, data, vocab)
+    else:
+        cfg = resolve_config(cfg, data)
+    tcfg = cfg.train
     resume_from = prepare_run_dir(out_dir, cfg, data, vocab, resume, dist)
 
     seed_everything(tcfg.seed)
     encoder = XLMModel(cfg.model)
+    if init_ckpt is not None and resume_from is None:
+        load_weights(encoder, init_ckpt)  # before wrap_model: FSDP shards what it is given
     loss_model = PretrainingLoss(encoder)
     model = wrap_model(loss_model, dist, tcfg.parallel, device)  # to device; before the optimizer (FSDP shards)
     optimizer = build_optimizer(encoder, tcfg, device)
@@ -376,6 +423,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="run directory to write")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its latest checkpoint (same config)")
+    parser.add_argument("--init", metavar="RUN_OR_CHECKPOINT",
+                        help="start a new run from this run's weights and model config (e.g. one made by "
+                             "`xlmkit import`); prepare --data with `xlmkit prepare --tokenizer RUN`")
     add_config_arguments(parser, default="tiny")
 
 
@@ -384,7 +434,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     with distributed_errors(cfg.train.dist_timeout_s):  # another process died or hangs: one clear error
-        final = pretrain(cfg, args.data, args.out, resume=args.resume)
+        final = pretrain(cfg, args.data, args.out, resume=args.resume, init=args.init)
     if not dist_info_from_env().is_main:  # only rank 0 reports
         return 0
     langs = sorted(k[4:] for k in final if k.startswith("ppl/"))
