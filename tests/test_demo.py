@@ -22,3 +22,9 @@ def test_demo_prepares_pretrains_and_reports(tmp_path, capsys):
     for lang in ("de", "en", "fr", "en-de", "en-fr"):
         assert valid[-1][f"ppl/{lang}"] < valid[0][f"ppl/{lang}"]  # it learns something in 6 steps
     assert (out / "run" / "checkpoints" / "best" / "model.safetensors").is_file()
+
+    # running the main job again just works: data is up to date, the demo's run starts afresh
+    assert main(["demo", "--out", str(out), "--steps", "2"]) == 0
+    assert "replacing the earlier demo run" in capsys.readouterr().out
+    steps = [json.loads(line)["step"] for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == 2

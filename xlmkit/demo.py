@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 from xlmkit.config import add_config_arguments, config_from_args
@@ -45,7 +46,11 @@ def run(args: argparse.Namespace) -> int:
         corpus = Path(args.data_dir)
     data_dir = prepare_data(cfg.prepare, out / "data", data_dir=corpus)
     print(f"[demo] prepared data in {data_dir}")
-    pretrain(cfg, data_dir, out / "run")
+    run_dir = out / "run"
+    if (run_dir / "config.json").is_file():  # the demo's own earlier run: start it again from scratch
+        print(f"[demo] replacing the earlier demo run in {run_dir}")
+        shutil.rmtree(run_dir)
+    pretrain(cfg, data_dir, run_dir)
     _print_summary(out / "run" / "metrics.jsonl")
     print(f"[demo] done: run directory {out / 'run'} (try `xlmkit info {out / 'run'}`)")
     return 0
