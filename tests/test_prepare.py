@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -160,6 +161,23 @@ def test_failed_run_keeps_previous_output_and_leaves_no_partial_dir(synthetic_co
         prepare_data(dataclasses.replace(cfg, vocab_size=5000), out, data_dir=synthetic_corpus, progress=False)
     assert (out / "manifest.json").read_text() == manifest
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+def test_a_killed_runs_leftover_is_removed_by_the_next_run(synthetic_corpus, tmp_path):
+    """A run killed outright (SIGKILL: no cleanup) leaves OUT.tmp-PID-*; the next run removes it when
+    that process is gone, and leaves a live process's directory alone."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    orphan = tmp_path / f"d.tmp-{dead.stdout.strip()}-abc"
+    (orphan / "work").mkdir(parents=True)
+    live = tmp_path / f"d.tmp-{os.getpid()}-xyz"
+    live.mkdir()
+    prepare_data(tiny(vocab_size=SYNTHETIC_VOCAB, workers=1, max_lines=200), tmp_path / "d",
+                 data_dir=synthetic_corpus, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", live.name]
 
 
 def test_discover_inputs_canonicalises_codes(synthetic_corpus, shared_data):

@@ -606,6 +606,22 @@ def _log(progress: bool, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
+def _remove_orphan_tmp_dirs(out: Path) -> None:
+    """Delete OUT.tmp-PID-* directories left by a run that was killed outright (no cleanup ran), i.e.
+    whose process no longer exists. A live run's directory (another process preparing the same
+    output right now) is left alone."""
+    for tmp in out.parent.glob(f"{out.name}.tmp-*-*"):
+        pid = tmp.name[len(out.name) + len(".tmp-"):].split("-", 1)[0]
+        if not pid.isdigit() or not tmp.is_dir():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass
+
+
 def _new_tmp_dir(out: Path) -> Path:
     if out.exists() and not out.is_dir():
         raise DataError(f"{out} exists and is not a directory")
@@ -613,7 +629,9 @@ def _new_tmp_dir(out: Path) -> Path:
         raise DataError(f"{out} exists, is not empty and holds no manifest.json; refusing to replace it "
                         f"(choose another --out or remove it)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
+    _remove_orphan_tmp_dirs(out)
+    # the pid in the name tells a later run whether the process that made it is still alive
+    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     umask = os.umask(0)
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the output is an ordinary directory
