@@ -131,8 +131,6 @@ def atomic_write_dir(final: Path, write_files) -> Path:
     return final
 
 
-_atomic_write_dir = atomic_write_dir  # the name xlmkit.finetune imports
-
 
 def clean_checkpoints(run_dir: str | Path) -> None:
     """Remove what an interrupted write left (`.tmp-*`), and undo a half-done replacement (`.old-X`
@@ -474,7 +472,7 @@ class LoadedModel:
     path: Path  # the checkpoint directory the weights came from
 
 
-def _resolve_checkpoint(path: Path, which: str) -> Path:
+def resolve_checkpoint(path: Path, which: str) -> Path:
     if which not in ("best", "latest"):
         raise XlmkitError(f"which must be 'best' or 'latest', got {which!r}")
     if (path / STATE_FILE).is_file():
@@ -507,7 +505,7 @@ def load_model(path: str | Path, which: str = "best", device: str | torch.device
     from xlmkit.model import XLMModel
 
     path = Path(path)
-    ckpt = _resolve_checkpoint(path, which)
+    ckpt = resolve_checkpoint(path, which)
     state = read_state(ckpt)
     cfg = config_from_dict(state["config"])
     model = XLMModel(cfg.model)

@@ -433,7 +433,7 @@ def save_finetuned(path: Path, model: TaskModel, cfg: Config, vocab: dict, spec:
         C.write_tensors(head_weights, tmp / HEAD_FILE)
         C.write_json(state, tmp / C.STATE_FILE)
 
-    return C._atomic_write_dir(path, write_files)
+    return C.atomic_write_dir(path, write_files)
 
 
 @dataclass

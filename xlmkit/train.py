@@ -66,9 +66,9 @@ def init_from(init: str | Path, cfg: Config, data, vocab: dict) -> tuple[Config,
     """`--init RUN_OR_CHECKPOINT`: the model config of that run (not the preset's) and its checkpoint
     (best/, else the latest) to load the weights from. The data must have been prepared with the
     run's tokenizer and ids (`xlmkit prepare --tokenizer RUN`). Returns (config, vocab.json, checkpoint)."""
-    from xlmkit.checkpoint import _resolve_checkpoint, read_state
+    from xlmkit.checkpoint import resolve_checkpoint, read_state
 
-    ckpt = _resolve_checkpoint(Path(init), "best")
+    ckpt = resolve_checkpoint(Path(init), "best")
     state = read_state(ckpt)
     model = config_from_dict(state["config"]).model
     init_vocab = state.get("vocab") or {}
