@@ -50,3 +50,12 @@ def tiny_prepared(synthetic_corpus, tmp_path_factory) -> Path:
     cfg = load_config("tiny", ["prepare.vocab_size=80"])
     return prepare_data(cfg.prepare, tmp_path_factory.mktemp("prepared") / "data", data_dir=synthetic_corpus,
                         progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_random_run(tmp_path_factory) -> Path:
+    """A run directory holding a random-init tiny XLM and a small BPE tokenizer (tests/_tiny_model.py),
+    for the commands that use a pretrained model."""
+    from _tiny_model import make_tiny_run
+
+    return make_tiny_run(tmp_path_factory.mktemp("tiny") / "run")

@@ -29,13 +29,8 @@ pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    return make_tiny_run(tmp_path_factory.mktemp("tiny") / "run")
-
-
-@pytest.fixture(scope="module")
-def loaded_tok(tiny_run):
-    loaded = load_model(tiny_run)
+def loaded_tok(tiny_random_run):
+    loaded = load_model(tiny_random_run)
     return loaded, Tokenizer.from_file(str(loaded.tokenizer_path))
 
 
@@ -90,7 +85,7 @@ def test_token_labels_on_first_content_piece_and_truncation(loaded_tok):
     assert stats.truncated == 1 and stats.dropped_labels == 2 and e.dropped_words == 2
 
 
-def test_max_len_is_capped_by_model_positions(tiny_run, loaded_tok):
+def test_max_len_is_capped_by_model_positions(tiny_random_run, loaded_tok):
     loaded, tok = loaded_tok
     spec = TaskSpec("classification", ("a", "b"), max_len=1000)
     enc = TaskEncoder(tok, loaded.vocab, spec, loaded.model)
@@ -126,10 +121,10 @@ def test_model_without_language_embeddings_takes_any_language(tmp_path):
 # Training
 
 
-def test_freeze_layers_and_two_learning_rates(tiny_run):
+def test_freeze_layers_and_two_learning_rates(tiny_random_run):
     from xlmkit.finetune import TaskModel
 
-    loaded = load_model(tiny_run)
+    loaded = load_model(tiny_random_run)
     model = TaskModel(loaded.model, 3, "classification")
     freeze_layers(model.encoder, 1)
     assert not model.encoder.token_embeddings.weight.requires_grad
@@ -146,11 +141,11 @@ def test_freeze_layers_and_two_learning_rates(tiny_run):
         freeze_layers(model.encoder, 3)
 
 
-def test_finetune_cli_writes_a_loadable_model(tiny_run, tmp_path, capsys):
+def test_finetune_cli_writes_a_loadable_model(tiny_random_run, tmp_path, capsys):
     train = write_cls_jsonl(tmp_path / "en.train.jsonl", 64, "en", seed=1)
     dev = write_cls_jsonl(tmp_path / "en.dev.jsonl", 32, "en", seed=2)
     out = tmp_path / "ft"
-    rc = main(["finetune", "--model", str(tiny_run), "--train", str(train), "--dev", str(dev), "--task",
+    rc = main(["finetune", "--model", str(tiny_random_run), "--train", str(train), "--dev", str(dev), "--task",
                "classification", "--out", str(out), "--set", "finetune.epochs=2", "--set", "finetune.freeze_layers=1",
                "--set", "finetune.precision=fp32", "--set", "finetune.device=cpu"])
     assert rc == 0
@@ -164,7 +159,7 @@ def test_finetune_cli_writes_a_loadable_model(tiny_run, tmp_path, capsys):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["split"] for r in records] == ["train", "dev", "train", "dev"]
     # frozen layer 0 kept its pretrained weights; the encoder reloads with checkpoint.load_model
-    base, tuned = load_model(tiny_run), load_model(out)
+    base, tuned = load_model(tiny_random_run), load_model(out)
     assert torch.equal(base.model.layers[0].ffn.lin1.weight, tuned.model.layers[0].ffn.lin1.weight)
     assert not torch.equal(base.model.layers[1].ffn.lin1.weight, tuned.model.layers[1].ffn.lin1.weight)
     # the fine-tuned model predicts the same after reloading
@@ -176,7 +171,7 @@ def test_finetune_cli_writes_a_loadable_model(tiny_run, tmp_path, capsys):
     assert preds == again and set(preds) <= {0, 1}
 
 
-def test_finetune_learns_and_stops_early(tiny_run, tmp_path):
+def test_finetune_learns_and_stops_early(tiny_random_run, tmp_path):
     """Synthetic POS tagging: the tagger beats the majority tag on its own language; with patience 1 and
     learning rates that do nothing, training stops after the second epoch."""
     from xlmkit import metrics_eval as M
@@ -185,7 +180,7 @@ def test_finetune_learns_and_stops_early(tiny_run, tmp_path):
     data = write_pos_jsonl(tmp_path / "pos", 160, seed=0, langs=("en",))
     exs = read_task_file(data / "en.jsonl", "token")
     train, dev = exs[:128], exs[128:]
-    loaded = load_model(tiny_run)
+    loaded = load_model(tiny_random_run)
     res = finetune(loaded, _ft(task="token", epochs=3, lr=3e-3, head_lr=3e-3, warmup_ratio=0.0), train, dev,
                    log=lambda s: None)
     preds = predict(res.model, res.encoder.encode(dev)[0], 1, 32, torch.device("cpu"), "fp32")
@@ -193,23 +188,23 @@ def test_finetune_learns_and_stops_early(tiny_run, tmp_path):
     gold = [t for ex in dev for t in ex.label]
     majority = M.accuracy(gold, [M.majority_label(gold)] * len(gold))
     assert s["token_accuracy"] > majority + 0.2
-    loaded = load_model(tiny_run)
+    loaded = load_model(tiny_random_run)
     res = finetune(loaded, _ft(task="token", epochs=10, lr=1e-12, head_lr=1e-12, patience=1), train[:32], dev,
                    log=lambda s: None)
     assert max(r["epoch"] for r in res.history) == 2 and res.best["epoch"] == 1
 
 
-def test_empty_and_single_label_training_sets(tiny_run):
-    loaded = load_model(tiny_run)
+def test_empty_and_single_label_training_sets(tiny_random_run):
+    loaded = load_model(tiny_random_run)
     with pytest.raises(DataError, match="no training examples"):
         finetune(loaded, _ft(), [], None, log=lambda s: None)
     with pytest.raises(DataError, match="single label"):
         finetune(loaded, _ft(), [Example(lang="en", label="a", text="x")], None, log=lambda s: None)
 
 
-def test_only_finetune_settings_can_be_overridden(tiny_run, tmp_path, capsys):
+def test_only_finetune_settings_can_be_overridden(tiny_random_run, tmp_path, capsys):
     train = write_cls_jsonl(tmp_path / "en.jsonl", 8, "en")
-    rc = main(["finetune", "--model", str(tiny_run), "--train", str(train), "--out", str(tmp_path / "o"),
+    rc = main(["finetune", "--model", str(tiny_random_run), "--train", str(train), "--out", str(tmp_path / "o"),
                "--set", "model.dim=32"])
     assert rc == 2
     assert "only finetune.* settings" in capsys.readouterr().err
@@ -219,10 +214,10 @@ def test_only_finetune_settings_can_be_overridden(tiny_run, tmp_path, capsys):
 # Zero-shot evaluation
 
 
-def test_evaluate_parallel_held_out_split(tiny_run, tmp_path, capsys):
+def test_evaluate_parallel_held_out_split(tiny_random_run, tmp_path, capsys):
     data = write_pos_jsonl(tmp_path / "pos", 60, seed=0)
     out = tmp_path / "eval"
-    rc = main(["evaluate", "--model", str(tiny_run), "--task", "token", "--data", str(data), "--out", str(out),
+    rc = main(["evaluate", "--model", str(tiny_random_run), "--task", "token", "--data", str(data), "--out", str(out),
                "--train-lang", "en", "--train-fraction", "0.75", "--per-class",
                "--set", "finetune.epochs=1", "--set", "finetune.precision=fp32"])
     assert rc == 0
@@ -249,13 +244,13 @@ def test_evaluate_parallel_held_out_split(tiny_run, tmp_path, capsys):
     assert res2["languages"]["de"]["n_sequences"] == 60
 
 
-def test_evaluate_unknown_test_label_is_an_error(tiny_run, tmp_path, capsys):
+def test_evaluate_unknown_test_label_is_an_error(tiny_random_run, tmp_path, capsys):
     d = tmp_path / "cls"
     write_cls_jsonl(d / "en.train.jsonl", 32, "en")
     write_cls_jsonl(d / "fr.test.jsonl", 8, "fr")
     with open(d / "fr.test.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps({"text": "Le chat.", "label": "vegetable", "lang": "fr"}) + "\n")
-    args = ["evaluate", "--model", str(tiny_run), "--task", "classification", "--data", str(d),
+    args = ["evaluate", "--model", str(tiny_random_run), "--task", "classification", "--data", str(d),
             "--out", str(tmp_path / "e"), "--set", "finetune.epochs=1", "--set", "finetune.precision=fp32"]
     assert main(args) == 2
     err = capsys.readouterr().err
@@ -266,22 +261,22 @@ def test_evaluate_unknown_test_label_is_an_error(tiny_run, tmp_path, capsys):
     assert res["languages"]["fr"]["n"] == 8 and "vegetable" in res["languages"]["fr"]["notes"][0]
 
 
-def test_evaluate_errors_on_missing_training_language(tiny_run, tmp_path, capsys):
+def test_evaluate_errors_on_missing_training_language(tiny_random_run, tmp_path, capsys):
     data = write_pos_jsonl(tmp_path / "pos", 10, langs=("fr", "de"))
-    rc = main(["evaluate", "--model", str(tiny_run), "--task", "token", "--data", str(data), "--out",
+    rc = main(["evaluate", "--model", str(tiny_random_run), "--task", "token", "--data", str(data), "--out",
                str(tmp_path / "e")])
     assert rc == 2
     assert "no data for the training language 'en'" in capsys.readouterr().err
 
 
-def test_evaluate_non_parallel_data_needs_test_all(tiny_run, tmp_path, capsys):
+def test_evaluate_non_parallel_data_needs_test_all(tiny_random_run, tmp_path, capsys):
     data = write_pos_jsonl(tmp_path / "pos", 20, parallel_ids=False)
     # ids are line indices: held-out indices exist in every file, so this runs
     (data / "de.jsonl").write_text((data / "de.jsonl").read_text().replace('"tokens"', '"id": "other", "tokens"', 1))
     lines = (data / "de.jsonl").read_text().splitlines()
     (data / "de.jsonl").write_text("\n".join(
         json.dumps(json.loads(line) | {"id": f"d{i}"}) for i, line in enumerate(lines)) + "\n")
-    base = ["evaluate", "--model", str(tiny_run), "--task", "token", "--data", str(data),
+    base = ["evaluate", "--model", str(tiny_random_run), "--task", "token", "--data", str(data),
             "--set", "finetune.epochs=1", "--set", "finetune.precision=fp32"]
     assert main(base + ["--out", str(tmp_path / "e1")]) == 2
     assert "the data is not parallel (use --test-all)" in capsys.readouterr().err
@@ -291,9 +286,9 @@ def test_evaluate_non_parallel_data_needs_test_all(tiny_run, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_pos_zero_shot_on_real_ud_pud(tiny_run, shared_data, tmp_path):
+def test_pos_zero_shot_on_real_ud_pud(tiny_random_run, shared_data, tmp_path):
     """Real UD PUD through the whole pipeline (untrained tiny model: only checks that it runs)."""
-    rc = main(["evaluate", "--model", str(tiny_run), "--task", "token", "--data", str(shared_data / "ud-pud"),
+    rc = main(["evaluate", "--model", str(tiny_random_run), "--task", "token", "--data", str(shared_data / "ud-pud"),
                "--out", str(tmp_path / "pud"), "--set", "finetune.max_steps=5", "--train-fraction", "0.2",
                "--unknown-lang-id", "en"])
     assert rc == 0
@@ -311,7 +306,7 @@ def test_scores_ignore_words_cut_by_truncation():
     assert s["n_tokens"] == 2 and s["dropped_words"] == 1 and s["token_accuracy"] == 0.5
 
 
-def test_pair_task_trains_and_saves(tiny_run, tmp_path):
+def test_pair_task_trains_and_saves(tiny_random_run, tmp_path):
     """Sentence pairs (PAWS-X style): is b the translation of a? Two steps, first-token pooling."""
     from xlmkit.synthetic import sentence
 
@@ -319,7 +314,7 @@ def test_pair_task_trains_and_saves(tiny_run, tmp_path):
     rows = [sentence(rng) for _ in range(24)]
     exs = [Example(lang="fr", label=str(i % 2), text=r["fr"], text_b=(r["fr"] if i % 2 else rows[i - 1]["fr"]),
                    source=f"pairs:{i + 1}") for i, r in enumerate(rows)]
-    loaded = load_model(tiny_run)
+    loaded = load_model(tiny_random_run)
     res = finetune(loaded, _ft(task="pair", max_steps=2), exs[:16], exs[16:], pooling="first",
                    out_dir=tmp_path / "pair", log=lambda s: None)
     assert res.spec.task == "pair" and res.spec.labels == ("0", "1") and res.spec.pooling == "first"

@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-from _tiny_model import make_tiny_run
 
 from xlmkit.cli import main
 from xlmkit.errors import DataError
@@ -12,11 +11,6 @@ from xlmkit.langid import read_langid_dir, split_language
 
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    return make_tiny_run(tmp_path_factory.mktemp("tiny") / "run")
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +50,9 @@ def test_split_is_deterministic_disjoint_and_complete(langid_dir):
         split_language(path, lines, "fr", 0.5, 0.1, 3, seed=0)
 
 
-def test_langid_command_on_model_languages(tiny_run, langid_dir, tmp_path):
+def test_langid_command_on_model_languages(tiny_random_run, langid_dir, tmp_path):
     out = tmp_path / "lid"
-    rc = main(["langid", "--model", str(tiny_run), "--data", str(langid_dir), "--out", str(out),
+    rc = main(["langid", "--model", str(tiny_random_run), "--data", str(langid_dir), "--out", str(out),
                "--test-fraction", "0.25", "--set", "finetune.epochs=2", "--set", "finetune.precision=fp32"])
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
@@ -74,17 +68,17 @@ def test_langid_command_on_model_languages(tiny_run, langid_dir, tmp_path):
     assert json.loads((out / "model" / "task.json").read_text())["use_langs"] is False
 
 
-def test_langid_all_langs_and_errors(tiny_run, langid_dir, tmp_path, capsys):
+def test_langid_all_langs_and_errors(tiny_random_run, langid_dir, tmp_path, capsys):
     out = tmp_path / "lid"
-    rc = main(["langid", "--model", str(tiny_run), "--data", str(langid_dir), "--out", str(out), "--all-langs",
+    rc = main(["langid", "--model", str(tiny_random_run), "--data", str(langid_dir), "--out", str(out), "--all-langs",
                "--max-per-lang", "20", "--set", "finetune.max_steps=2", "--set", "finetune.precision=fp32"])
     assert rc == 0
     assert json.loads((out / "results.json").read_text())["languages"] == ["de", "en", "es", "fr"]
-    rc = main(["langid", "--model", str(tiny_run), "--data", str(langid_dir), "--out", str(tmp_path / "x"),
+    rc = main(["langid", "--model", str(tiny_random_run), "--data", str(langid_dir), "--out", str(tmp_path / "x"),
                "--langs", "en,sw"])
     assert rc == 2 and "no file for language(s) sw" in capsys.readouterr().err
     only_es = tmp_path / "es_only"
     only_es.mkdir()
     (only_es / "es.txt").write_text("hola\n")
-    rc = main(["langid", "--model", str(tiny_run), "--data", str(only_es), "--out", str(tmp_path / "y")])
+    rc = main(["langid", "--model", str(tiny_random_run), "--data", str(only_es), "--out", str(tmp_path / "y")])
     assert rc == 2 and "need at least 2" in capsys.readouterr().err
