@@ -20,6 +20,7 @@ import numpy as np
 
 from xlmkit.data import SPECIAL_TOKENS, lang_tag
 from xlmkit.errors import DataError
+from xlmkit.objectives import language_probs
 from xlmkit.text import CONTROL_CHARS, WHITESPACE_CHARS
 
 METASPACE = "▁"
@@ -30,13 +31,13 @@ METASPACE = "▁"
 
 
 def language_shares(counts: dict[str, int], alpha: float) -> dict[str, float]:
-    """q_i = n_i^alpha / sum_j n_j^alpha (Conneau et al. 2020, eq. 1). alpha=1: proportional, 0: uniform."""
-    langs = sorted(counts)
-    n = np.array([counts[lang] for lang in langs], dtype=np.float64)
-    if (n <= 0).any():
+    """q_i = n_i^alpha / sum_j n_j^alpha (Conneau et al. 2020, eq. 1), in sorted language order: the law
+    of xlmkit.objectives.language_probs, with every language required to have a sentence (a language
+    with none has nothing to sample). alpha=1: proportional, 0: uniform."""
+    if any(n <= 0 for n in counts.values()):
         raise ValueError(f"every language needs at least one sentence, got {counts}")
-    w = n**alpha
-    return {lang: float(q) for lang, q in zip(langs, w / w.sum())}
+    probs = language_probs(counts, alpha)
+    return {lang: probs[lang] for lang in sorted(counts)}
 
 
 def sample_sizes(counts: dict[str, int], alpha: float, total: int) -> dict[str, int]:
