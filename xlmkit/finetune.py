@@ -64,6 +64,7 @@ from torch import Tensor, nn
 from xlmkit.config import Config, ConfigError, FinetuneConfig, config_from_dict, config_to_dict, load_config, parse_overrides
 from xlmkit.errors import DataError, XlmkitError
 from xlmkit.langs import canonical_lang
+from xlmkit.retrieval import sentence_format
 from xlmkit.tasks import TASKS, Example, check_labels, group_by_lang, label_list, read_task_files
 
 IGNORE = -100
@@ -136,22 +137,18 @@ class TaskEncoder:
         self.tokenizer = tokenizer
         self.spec = spec
         specials = vocab.get("specials") or {}
-        self.pad_id = int(specials.get("pad", 1))
-        self.eos_id = int(specials.get("eos", 2))
-        self.bos_id = int(specials.get("bos", 0))
         self.unk_id = int(specials.get("unk", 3))
+        self.max_len = min(spec.max_len, int(model.cfg.max_positions))
+        # the sentence framing the encoder saw in pretraining, as embed / retrieve frame sentences
         self.wrap = str(vocab.get("sentence_wrap", "xlm"))
-        if self.wrap not in ("xlm", "roberta"):
-            raise XlmkitError(f"unknown sentence_wrap {self.wrap!r} in vocab.json (expected xlm or roberta)")
-        self.first_id = self.eos_id if self.wrap == "xlm" else self.bos_id
+        fmt = sentence_format(vocab, tokenizer, self.max_len, wrap=self.wrap)
+        self.first_id, self.eos_id, self.pad_id = fmt.first_id, fmt.last_id, fmt.pad_id
         # pieces that are only the word-boundary marker (SentencePiece's "▁"): a word that starts with a
         # character the vocabulary cannot join to "▁" (punctuation, rare scripts) begins with one
         self.bare_ids = {i for tok, i in tokenizer.get_vocab().items() if tok and not tok.strip("▁ ")}
         self.lang2id = {canonical_lang(k): int(v) for k, v in (vocab.get("lang2id") or {}).items()}
         self.has_lang_emb = getattr(model, "lang_embeddings", None) is not None
         self.label_index = {lab: i for i, lab in enumerate(spec.labels)}
-        max_pos = int(model.cfg.max_positions)
-        self.max_len = min(spec.max_len, max_pos)
 
     def lang_id(self, lang: str, where: str) -> int | None:
         if not self.spec.use_langs or not self.has_lang_emb:
