@@ -116,7 +116,6 @@ def build_hf(args):
 
 def run_worker(args) -> dict:
     import torch
-    import torch.nn.functional as F
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -137,12 +136,18 @@ def run_worker(args) -> dict:
             out = model(input_ids=batch["inputs"], langs=batch["langs"], labels=batch["labels"])
             return out.loss
     else:
-        encoder = torch.compile(model) if args.worker == "xlmkit-compile" else model
+        from xlmkit.train import PretrainingLoss
+
+        # the trainer's own loss module: encoder, output layer at the predicted positions, summed loss
+        loss_model = PretrainingLoss(model)
+        if args.worker == "xlmkit-compile":
+            loss_model = torch.compile(loss_model)
+        n_pred = batch["targets"].numel()
 
         def loss_fn():
-            h = encoder(batch["inputs"], langs=batch["langs"])  # (B, T, D)
-            logits = model.mlm_logits(h[batch["pred_mask"]])  # (N, V)
-            return F.cross_entropy(logits.float(), batch["targets"])
+            loss_sum, _ = loss_model(batch["inputs"], batch["langs"], None, None, batch["pred_mask"],
+                                     batch["targets"])
+            return loss_sum / n_pred
 
     def step():
         with autocast:

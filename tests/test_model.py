@@ -253,20 +253,28 @@ def test_cpu_dropout_keep_rate_scale_gradient_and_seed(p, dtype):
     assert dropout(x, p, training=False) is x
 
 
-def test_keep_mask_words_are_unbiased():
-    # every 16-bit word of the 64-bit draws is uniform (plain int64 random_() never sets the top bit)
-    torch.manual_seed(0)
-    keep = keep_mask((4096, 64), 0.5, torch.device("cpu"))  # (4096, 64): 16 draws of 4 words per row
-    rate_per_word = keep.view(-1, 4).float().mean(0)  # (4,)
-    assert (rate_per_word - 0.5).abs().max() < 0.01
-    assert keep_mask((3, 5), 1e-9, torch.device("cpu")).all()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_keep_mask_is_ones_and_zeros_at_the_keep_rate_from_every_word(dtype):
+    # the mask is built from the bits of 16-bit random words: it must be exactly 1.0 / 0.0 in the
+    # asked dtype, and every word position of the 64-bit draws must be uniform (plain int64
+    # random_() never sets the top bit)
+    for p in (0.1, 0.5, 0.9):
+        torch.manual_seed(0)
+        keep = keep_mask((4096, 64), p, torch.device("cpu"), dtype)  # (4096, 64): 16 draws of 4 words per row
+        assert keep.dtype == dtype
+        assert ((keep == 0) | (keep == 1)).all()
+        rate_per_word = keep.view(-1, 4).double().mean(0)  # (4,)
+        assert (rate_per_word - (1 - p)).abs().max() < 0.01
+    assert (keep_mask((3, 5), 1e-9, torch.device("cpu")) == 1).all()
+    assert (keep_mask((3, 5), 1.0, torch.device("cpu")) == 0).all()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("masking", ["none", "padding", "causal"])
 def test_attention_with_dropout_is_sdpa_without_dropout(dtype, masking):
-    # the training path on the CPU computes SDPA's math path itself (to draw a cheaper mask); with
-    # nothing dropped it must be SDPA's math path exactly, and SDPA's default kernel to rounding
+    # the training path on the CPU computes attention itself (to draw a cheaper mask); with nothing
+    # dropped it must be SDPA's math path exactly in fp32, and in bf16 (products in bf16, softmax in
+    # fp32) SDPA's fp32 result to bf16 rounding
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     g = torch.Generator().manual_seed(0)
@@ -275,22 +283,46 @@ def test_attention_with_dropout_is_sdpa_without_dropout(dtype, masking):
     if masking == "padding":
         attn_mask = torch.tensor([[True] * 9, [True] * 5 + [False] * 4])[:, None, None, :]  # (B, 1, 1, T)
     ours = attention_with_dropout(q, k, v, attn_mask, is_causal, p=0.0)
+    assert ours.dtype == dtype
     with sdpa_kernel(SDPBackend.MATH):
-        math_path = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
-    torch.testing.assert_close(ours, math_path, atol=0, rtol=0)
-    default = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
-    tol = 1e-5 if dtype == torch.float32 else 1e-2
-    torch.testing.assert_close(ours, default, atol=tol, rtol=tol)
+        math_fp32 = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=attn_mask,
+                                                   is_causal=is_causal)
+    if dtype == torch.float32:
+        torch.testing.assert_close(ours, math_fp32, atol=0, rtol=0)
+        default = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+        torch.testing.assert_close(ours, default, atol=1e-5, rtol=1e-5)
+    else:
+        torch.testing.assert_close(ours.float(), math_fp32, atol=3e-2, rtol=2e-2)
     # with dropout and v = identity the output is the attention probabilities themselves: each one is
     # either dropped (0) or kept and scaled by 1 / (1 - p)
     eye = torch.eye(9, dtype=dtype).expand(2, 4, 9, 9)  # (B, H, T, T)
-    with sdpa_kernel(SDPBackend.MATH):
-        probs = F.scaled_dot_product_attention(q, k, eye, attn_mask=attn_mask, is_causal=is_causal)
+    probs = attention_with_dropout(q, k, eye, attn_mask, is_causal, p=0.0)  # (B, H, T, T)
     torch.manual_seed(0)
     dropped = attention_with_dropout(q, k, eye, attn_mask, is_causal, p=0.5)  # (B, H, T, T)
     kept = dropped != 0
     assert 0.3 < kept[probs != 0].float().mean() < 0.7
     torch.testing.assert_close(dropped[kept], (probs * 2)[kept], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("pre_ln", [False, True])
+@pytest.mark.parametrize("causal", [False, True])
+def test_output_mask_gives_the_masked_rows_of_the_full_output(pre_ln, causal):
+    # with output_mask the last block works on the selected rows only: the result must be those rows
+    # of the full forward, padding included (0 there)
+    model = make_model(pre_ln=pre_ln)
+    ids = right_padded([9, 6, 3])
+    langs = torch.tensor([[0], [1], [2]]).expand_as(ids)
+    g = torch.Generator().manual_seed(1)
+    mask = torch.rand(ids.shape, generator=g) < 0.3
+    mask[2, 5] = True  # a padding position
+    with torch.no_grad():
+        full = model(ids, langs=langs, causal=causal)  # (B, T, D)
+        rows = model(ids, langs=langs, causal=causal, output_mask=mask)  # (N, D)
+    assert rows.shape == (int(mask.sum()), full.shape[-1])
+    torch.testing.assert_close(rows, full[mask], atol=1e-5, rtol=1e-5)
+    assert (rows[-1] == 0).all()  # row of [2, 5], the last True in row-major order
+    with pytest.raises(ValueError, match="output_mask"):
+        model(ids, output_mask=mask, output_hidden_states=True)
 
 
 def test_cpu_training_step_is_seeded_and_finite_with_padding():
@@ -324,14 +356,27 @@ def test_sentence_embedding_ignores_padding(layer):
         model.sentence_embedding(ids, layer=3)
 
 
-def test_bf16_autocast_runs():
-    model = make_model().train()
+@pytest.mark.parametrize("pre_ln", [False, True])
+def test_bf16_autocast_follows_fp32(pre_ln):
+    # under autocast the blocks hand bf16 to each other (LayerNorm statistics in fp32, pre-LN's
+    # residual sum in fp32): the loss and gradients must stay those of fp32 to bf16 rounding
+    model = make_model(pre_ln=pre_ln).train()
     ids = right_padded([8, 5])
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        h = model(ids, langs=torch.zeros_like(ids))
-        loss = F.cross_entropy(model.mlm_logits(h[ids != PAD]).float(), ids[ids != PAD])
-    loss.backward()
-    assert torch.isfinite(loss) and torch.isfinite(model.token_embeddings.weight.grad).all()
+    langs = torch.zeros_like(ids)
+    grads, losses = [], []
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)  # the same dropout masks
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            h = model(ids, langs=langs)
+            assert h.dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
+            loss = F.cross_entropy(model.mlm_logits(h[ids != PAD]).float(), ids[ids != PAD])
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+        model.zero_grad(set_to_none=True)
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert abs(losses[1] - losses[0]) < 1e-2 * abs(losses[0])
+    assert F.cosine_similarity(grads[0], grads[1], dim=0) > 0.999
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from xlmkit.cli import main
 from xlmkit.config import TrainConfig, load_config
 from xlmkit.errors import XlmkitError
 from xlmkit.metrics import read_metrics
-from xlmkit.train import lr_factor, pretrain
+from xlmkit.train import cross_entropy_sum, lr_factor, pretrain
 
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
@@ -165,6 +165,29 @@ def test_fresh_run_into_an_existing_run_and_resume_of_nothing_are_refused(tiny_r
 
 # ----------------------------------------------------------------------------------------------
 # Optimisation details
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n_rows", [0, 1, 37])
+def test_blockwise_cross_entropy_is_cross_entropy(dtype, n_rows):
+    # the CPU loss goes through blocks of rows (2**20 // V rows: here 16 per block, so 37 rows take
+    # three blocks, the last one short); loss and gradient must be F.cross_entropy's on fp32 logits
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    V = 65536
+    logits = (torch.randn(n_rows, V, generator=g) * 4).to(dtype).requires_grad_()
+    targets = torch.randint(0, V, (n_rows,), generator=g)
+    ours = cross_entropy_sum(logits, targets)
+    ours.backward(torch.tensor(0.5))
+    ours_grad, logits.grad = logits.grad, None
+    ref = F.cross_entropy(logits.float(), targets, reduction="sum")
+    ref.backward(torch.tensor(0.5))
+    assert ours.dtype == torch.float32 and ours_grad.dtype == dtype
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-6)
+    # exp(logit - logsumexp) against log_softmax's gradient: fp32 rounding, then both round to the dtype
+    tol = dict(atol=1e-6, rtol=2e-5) if dtype == torch.float32 else dict(atol=1e-3, rtol=1e-2)
+    torch.testing.assert_close(ours_grad, logits.grad, **tol)
 
 
 def test_schedule_shapes():

@@ -40,29 +40,42 @@ from xlmkit.config import ModelConfig
 # Dropout
 
 
-def keep_mask(shape: tuple[int, ...], p: float, device: torch.device) -> Tensor:
-    """Bool mask of `shape`, each entry True (keep) with probability 1 - p, rounded to 1/65536.
-    Drawn as 16 random bits per element from torch's default generator (so `torch.manual_seed` and
-    saved RNG states reproduce it): on the CPU this is ~10x cheaper than `bernoulli_`, which draws a
-    double per element."""
+# The bit pattern of 1.0 in each float dtype, as the signed integer type of the same width
+_ONE_BITS = {torch.float32: (torch.int32, 0x3F800000), torch.bfloat16: (torch.int16, 0x3F80),
+             torch.float16: (torch.int16, 0x3C00)}
+
+
+def keep_mask(shape: tuple[int, ...], p: float, device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Dropout's keep mask as numbers of `dtype`: 1.0 (keep) with probability 1 - p, rounded to
+    1/32768, else 0.0. Drawn as 16 random bits per element from torch's default generator (so
+    `torch.manual_seed` and saved RNG states reproduce it) and turned into 1.0 / 0.0 with integer
+    arithmetic on the bits: on the CPU, bernoulli_ draws a double per element and anything that goes
+    through a bool tensor (a comparison, torch.where) runs ~6x slower than a multiplication."""
     n = math.prod(shape)
+    threshold = round((1.0 - p) * 32768) - 16384  # P(word >> 1 < threshold) = 1 - p
+    if threshold > 16383:  # p < 2^-16: keep everything
+        return torch.ones(shape, dtype=dtype, device=device)
     # random_(-2**63, None) draws all 64 bits; plain random_() on int64 gives [0, 2^63), whose top
     # 16-bit word would never be negative
     bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-2**63, None)
     words = bits.view(torch.int16)[:n].view(shape)  # (*shape) uniform over [-2^15, 2^15)
-    threshold = round((1.0 - p) * 65536) - 32768  # P(word < threshold) = (1 - p) at 1/65536 resolution
-    if threshold > 32767:  # p < 2^-17: keep everything
-        return torch.ones(shape, dtype=torch.bool, device=device)
-    return words < threshold
+    # (word >> 1) - threshold lies in [-2^15, 2^15): no overflow, negative exactly when kept, so an
+    # arithmetic shift by 15 gives -1 (all bits set) for keep and 0 for drop
+    sign = words.bitwise_right_shift(1).sub_(threshold).bitwise_right_shift_(15)  # (*shape) int16: -1 | 0
+    if dtype not in _ONE_BITS:
+        return sign.neg_().to(dtype)
+    int_dtype, one_bits = _ONE_BITS[dtype]
+    return sign.to(int_dtype).bitwise_and_(one_bits).view(dtype)
 
 
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     """`F.dropout` (zero with probability p, scale the rest by 1 / (1 - p)). On the CPU the mask comes
-    from `keep_mask`: bernoulli_ was 16% of a CPU MLM training step. On GPUs F.dropout is fused."""
+    from `keep_mask` and is applied by multiplication: bernoulli_ and a bool mask were ~20% of a CPU
+    MLM training step. On GPUs F.dropout is fused."""
     if not training or p == 0.0 or x.device.type != "cpu":
         return F.dropout(x, p, training)
-    keep = keep_mask(x.shape, p, x.device)  # same shape as x
-    return torch.where(keep, x * (1.0 / (1.0 - p)), 0.0)
+    # (x * keep) * scale rounds kept values exactly as F.dropout's x * scale does
+    return x * keep_mask(x.shape, p, x.device, x.dtype) * (1.0 / (1.0 - p))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -83,17 +96,17 @@ def create_sinusoidal_embeddings(n_pos: int, dim: int) -> Tensor:
 
 def attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, is_causal: bool,
                            p: float) -> Tensor:
-    """`F.scaled_dot_product_attention(q, k, v, attn_mask, p, is_causal)` for training on the CPU.
-    With dropout_p > 0 SDPA has no fused CPU kernel and runs its math path: inputs upcast to fp32,
-    softmax(q k^T / sqrt(hd)), dropout, @ v. This is that path step for step (bit-identical without
-    dropout, tested), with the dropout mask from `keep_mask` instead of bernoulli_ on (B, H, T, T),
-    ~25% faster. The one difference: a query with no key to attend to (only in an all-padding
-    sequence, whose outputs the model zeroes) averages all keys instead of giving 0."""
-    # q, k, v (B, H, T, hd); attn_mask None or bool (B, 1, 1|T, T), True = may attend
+    """`F.scaled_dot_product_attention(q, k, v, attn_mask, p, is_causal)` for training on the CPU,
+    where SDPA has no fused kernel once dropout_p > 0. In fp32 this is SDPA's math path step for step
+    (bit-identical without dropout, tested): softmax(q k^T / sqrt(hd)), dropout, @ v, with the dropout
+    mask from `keep_mask` instead of bernoulli_ on (B, H, T, T). In bf16 (under autocast) SDPA's math
+    path upcasts q, k, v to fp32; this keeps the two matrix products in bf16, as an eager bf16
+    attention does (HF's, for one), and takes the softmax in fp32: ~3x cheaper products and no
+    (B, H, T, hd) casts. One difference from SDPA: a query with no key to attend to (only in an
+    all-padding sequence, whose outputs the model zeroes) averages all keys instead of giving 0."""
+    # q, k, v (B, H, T, hd), one dtype; attn_mask None or bool (B, 1, 1|T, T), True = may attend
     T = q.shape[-2]
-    out_dtype = v.dtype
-    with torch.autocast(q.device.type, enabled=False):  # fp32 matmuls, as SDPA's math path
-        q, k, v = q.float(), k.float(), v.float()
+    with torch.autocast(q.device.type, enabled=False):  # dtypes are chosen here, not by autocast
         scale = q.shape[-1] ** -0.25  # split between q and k, as SDPA does
         scores = (q * scale) @ (k * scale).transpose(-2, -1)  # (B, H, T, T)
         if is_causal:
@@ -102,8 +115,27 @@ def attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | 
             # the most negative float rather than -inf: a row with no key left stays finite instead
             # of NaN (which would reach the gradients); any other row is exactly as with -inf
             scores = scores.masked_fill(~attn_mask, torch.finfo(scores.dtype).min)
-        probs = dropout(scores.softmax(-1), p, training=True)  # (B, H, T, T)
-        return (probs @ v).to(out_dtype)  # (B, H, T, hd)
+        probs = scores.softmax(-1, dtype=torch.float32).to(v.dtype)  # (B, H, T, T)
+        return dropout(probs, p, training=True) @ v  # (B, H, T, hd)
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype the blocks exchange activations in: autocast's (bf16) where autocast is on for x's
+    device, else x's own."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+def layer_norm(ln: nn.LayerNorm, x: Tensor, dtype: torch.dtype) -> Tensor:
+    """ln(x) with fp32 statistics, returned in `dtype`. Autocast runs LayerNorm in fp32 and returns
+    fp32, which every linear layer reading it casts back to bf16 (q, k and v: three times), in the
+    forward and again in the backward; returning the compute dtype once saves those casts, ~10% of a
+    CPU training step. The CPU kernel reads bf16 input with fp32 weights directly (mixed type)."""
+    if x.dtype == dtype and dtype != torch.float32 and x.device.type == "cpu":
+        with torch.autocast("cpu", enabled=False):
+            return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)  # fp32 statistics inside
+    return ln(x).to(dtype)
 
 
 class SelfAttention(nn.Module):
@@ -120,8 +152,9 @@ class SelfAttention(nn.Module):
         self.v_lin = nn.Linear(dim, dim)
         self.out_lin = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None, is_causal: bool) -> Tensor:
-        # x (B, T, D); attn_mask None or bool (B, 1, 1|T, T), True = may attend
+    def forward(self, x: Tensor, attn_mask: Tensor | None, is_causal: bool, out_rows: Tensor | None = None) -> Tensor:
+        # x (B, T, D); attn_mask None or bool (B, 1, 1|T, T), True = may attend; out_rows None or bool
+        # (B, T): project the output only at those positions -> (N, D)
         B, T, D = x.shape
         q = self.q_lin(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = self.k_lin(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
@@ -133,6 +166,8 @@ class SelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
                                                dropout_p=p)  # (B, H, T, hd)
         y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, D)
+        if out_rows is not None:
+            y = y[out_rows]  # (N, D)
         return self.out_lin(y)
 
 
@@ -163,16 +198,23 @@ class TransformerLayer(nn.Module):
         self.ffn = FeedForward(cfg.dim, cfg.ffn_dim)
         self.layer_norm2 = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None, is_causal: bool) -> Tensor:
-        # x (B, T, D)
+    def forward(self, x: Tensor, attn_mask: Tensor | None, is_causal: bool, out_rows: Tensor | None = None) -> Tensor:
+        # x (B, T, D); out_rows None or bool (B, T): the block's output only at those positions -> (N, D)
+        # (every position still serves as a key and value). Under autocast the LayerNorms hand on bf16
+        # (see layer_norm); pre-LN keeps its residual sum in x's dtype (fp32), since it accumulates over
+        # every layer, while post-LN renormalises it in every block.
         p = self.dropout if self.training else 0.0
+        dtype = compute_dtype(x)
         if self.pre_ln:
-            x = x + dropout(self.attention(self.layer_norm1(x), attn_mask, is_causal), p, self.training)
-            x = x + dropout(self.ffn(self.layer_norm2(x)), p, self.training)
+            y = self.attention(layer_norm(self.layer_norm1, x, dtype), attn_mask, is_causal, out_rows)
+            x = (x if out_rows is None else x[out_rows]) + dropout(y, p, self.training)
+            x = x + dropout(self.ffn(layer_norm(self.layer_norm2, x, dtype)), p, self.training)
         else:
-            x = self.layer_norm1(x + dropout(self.attention(x, attn_mask, is_causal), p, self.training))
-            x = self.layer_norm2(x + dropout(self.ffn(x), p, self.training))
-        return x  # (B, T, D)
+            y = self.attention(x, attn_mask, is_causal, out_rows)
+            x = layer_norm(self.layer_norm1, (x if out_rows is None else x[out_rows]) + dropout(y, p, self.training),
+                           dtype)
+            x = layer_norm(self.layer_norm2, x + dropout(self.ffn(x), p, self.training), dtype)
+        return x  # (B, T, D) or (N, D)
 
 
 class MLMHead(nn.Module):
@@ -270,12 +312,20 @@ class XLMModel(nn.Module):
         attention_mask: Tensor | None = None,
         causal: bool = False,
         output_hidden_states: bool = False,
+        output_mask: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, list[Tensor]]:
         """input_ids (B, T) long; langs (B, T) long or None (no language embedding added);
         positions (B, T) long, default 0..T-1; attention_mask (B, T) bool, True = real token, default
         input_ids != pad_id; causal: each position attends only to itself and earlier ones (CLM).
         Returns h (B, T, D), exactly 0 at padding, or (h, [embeddings_out, layer_1_out, ...]) whose
-        last entry is h."""
+        last entry is h.
+
+        output_mask (B, T) bool: return h[output_mask] (N, D) only. The last block then runs its
+        attention output projection, FFN and LayerNorms at those positions only: in MLM training
+        (15% predicted) that is ~2/3 of the last block's cost saved, as the dense_seq_output
+        option of NVIDIA's MLPerf BERT."""
+        if output_mask is not None and output_hidden_states:
+            raise ValueError("output_mask and output_hidden_states cannot be combined")
         B, T = input_ids.shape
         if attention_mask is None:
             attention_mask = input_ids != self.pad_id  # (B, T)
@@ -297,7 +347,8 @@ class XLMModel(nn.Module):
             x = x + F.embedding(positions, self.position_table)  # (B, T, D)
         if langs is not None and self.lang_embeddings is not None:
             x = x + self.lang_embeddings(langs)  # (B, T, D)
-        x = self.layer_norm_emb(x)
+        # the stream between blocks: bf16 under autocast (post-LN), the residual's fp32 for pre-LN
+        x = layer_norm(self.layer_norm_emb, x, x.dtype if self.cfg.pre_ln else compute_dtype(x))
         x = dropout(x, self.dropout, self.training)
 
         # attention mask: True = may attend
@@ -314,14 +365,16 @@ class XLMModel(nn.Module):
 
         hidden_states = [x] if output_hidden_states else None
         for i, layer in enumerate(self.layers):
-            x = layer(x, attn_mask, is_causal)  # (B, T, D)
-            if self.layer_norm_final is not None and i == len(self.layers) - 1:
-                x = self.layer_norm_final(x)
+            last = i == len(self.layers) - 1
+            out_rows = output_mask if last else None
+            x = layer(x, attn_mask, is_causal, out_rows)  # (B, T, D); the last one (N, D) with output_mask
+            if self.layer_norm_final is not None and last:
+                x = layer_norm(self.layer_norm_final, x, compute_dtype(x))
             if padded:
                 # as XLM: padded positions are exactly 0 after every block, so what a real token sees
                 # never depends on how much padding its batch has (masked_fill, not a product, so a
                 # fully masked row can never leak NaN)
-                x = x.masked_fill(pad_out, 0.0)
+                x = x.masked_fill(pad_out if out_rows is None else pad_out[out_rows], 0.0)
             if output_hidden_states:
                 hidden_states.append(x)
         if output_hidden_states:
