@@ -14,7 +14,7 @@ from xlmkit.cli import main
 from xlmkit.config import TrainConfig, load_config
 from xlmkit.errors import XlmkitError
 from xlmkit.metrics import read_metrics
-from xlmkit.train import cross_entropy_sum, lr_factor, pretrain
+from xlmkit.train import lr_factor, output_loss_sum, pretrain
 
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
@@ -167,27 +167,40 @@ def test_fresh_run_into_an_existing_run_and_resume_of_nothing_are_refused(tiny_r
 # Optimisation details
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("n_rows", [0, 1, 37])
-def test_blockwise_cross_entropy_is_cross_entropy(dtype, n_rows):
-    # the CPU loss goes through blocks of rows (2**20 // V rows: here 16 per block, so 37 rows take
-    # three blocks, the last one short); loss and gradient must be F.cross_entropy's on fp32 logits
+def test_fused_output_layer_loss_is_linear_then_cross_entropy(precision, n_rows):
+    # on the CPU the output layer and loss are fused, a block of 2**20 // V = 16 rows at a time (37
+    # rows: three blocks, the last one short); loss and the gradients of h, W and b must be those of
+    # F.linear + F.cross_entropy on fp32 logits (fp32 exactly to rounding; bf16 autocast to bf16 rounding)
     import torch.nn.functional as F
 
     g = torch.Generator().manual_seed(0)
-    V = 65536
-    logits = (torch.randn(n_rows, V, generator=g) * 4).to(dtype).requires_grad_()
-    targets = torch.randint(0, V, (n_rows,), generator=g)
-    ours = cross_entropy_sum(logits, targets)
-    ours.backward(torch.tensor(0.5))
-    ours_grad, logits.grad = logits.grad, None
-    ref = F.cross_entropy(logits.float(), targets, reduction="sum")
-    ref.backward(torch.tensor(0.5))
-    assert ours.dtype == torch.float32 and ours_grad.dtype == dtype
-    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-6)
-    # exp(logit - logsumexp) against log_softmax's gradient: fp32 rounding, then both round to the dtype
-    tol = dict(atol=1e-6, rtol=2e-5) if dtype == torch.float32 else dict(atol=1e-3, rtol=1e-2)
-    torch.testing.assert_close(ours_grad, logits.grad, **tol)
+    N, D, V = n_rows, 32, 65536
+    h = torch.randn(N, D, generator=g).requires_grad_()
+    weight = (torch.randn(V, D, generator=g) * 0.5).requires_grad_()
+    bias = torch.randn(V, generator=g).requires_grad_()
+    targets = torch.randint(0, V, (N,), generator=g)
+    results = []
+    for fused in (True, False):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = (output_loss_sum(h, weight, bias, targets) if fused else
+                    F.cross_entropy(F.linear(h, weight, bias).float(), targets, reduction="sum"))
+        loss.backward(torch.tensor(0.5))  # a scale, as the trainer's 1 / n_pred
+        results.append((loss.detach(), h.grad, weight.grad, bias.grad))
+        h.grad = weight.grad = bias.grad = None
+    (loss, *grads), (ref_loss, *ref_grads) = results
+    assert loss.dtype == torch.float32 and [x.dtype for x in grads] == [torch.float32] * 3
+    if precision == "fp32":
+        torch.testing.assert_close(loss, ref_loss, atol=1e-3, rtol=1e-6)
+        for x, ref in zip(grads, ref_grads):
+            torch.testing.assert_close(x, ref, atol=1e-5, rtol=1e-5)
+    else:  # the reference rounds logits + bias to bf16; the fused loss adds the bias in fp32
+        torch.testing.assert_close(loss, ref_loss, atol=0.05 * max(N, 1), rtol=1e-2)
+        for x, ref in zip(grads, ref_grads):
+            torch.testing.assert_close(x, ref, atol=2e-2, rtol=5e-2)
+            if N:
+                assert F.cosine_similarity(x.flatten(), ref.flatten(), dim=0) > 0.999
 
 
 def test_schedule_shapes():
