@@ -103,8 +103,9 @@ def attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | 
     path upcasts q, k, v to fp32; this keeps the two matrix products in bf16, as an eager bf16
     attention does (HF's, for one), and the softmax too, whose CPU kernel computes in fp32 inside
     (the same probabilities as softmax in fp32 rounded to bf16, 4x cheaper with its backward): ~3x
-    cheaper products and no (B, H, T, hd) or (B, H, T, T) casts. One difference from SDPA: a query with no key to attend to (only in an
-    all-padding sequence, whose outputs the model zeroes) averages all keys instead of giving 0."""
+    cheaper products and no (B, H, T, hd) or (B, H, T, T) casts. One difference from SDPA: a query
+    with no key to attend to (only in an all-padding sequence, whose outputs the model zeroes)
+    averages all keys instead of giving 0."""
     # q, k, v (B, H, T, hd), one dtype; attn_mask None or bool (B, 1, 1|T, T), True = may attend
     T = q.shape[-2]
     with torch.autocast(q.device.type, enabled=False):  # dtypes are chosen here, not by autocast

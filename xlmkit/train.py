@@ -203,12 +203,11 @@ class PretrainingLoss(nn.Module):
         # (N, D): hidden states, and the output layer, only where a loss is taken
         h_pred = self.encoder(input_ids, langs=langs, positions=positions, attention_mask=attention_mask,
                               causal=causal, output_mask=pred_mask)
-        head = self.encoder.mlm_head  # one tied output layer for MLM, TLM and CLM
-        h_out = head.transform(h_pred)  # (N, D)
         if self.training:
-            loss_sum = output_loss_sum(h_out, self.encoder.output_weight, head.bias, targets)
+            head = self.encoder.mlm_head  # one tied output layer for MLM, TLM and CLM
+            loss_sum = output_loss_sum(head.transform(h_pred), self.encoder.output_weight, head.bias, targets)
             return loss_sum, loss_sum.new_zeros(())
-        logits = F.linear(h_out, self.encoder.output_weight, head.bias)  # (N, V)
+        logits = self.encoder.mlm_logits(h_pred)  # (N, V), the same layer as clm_logits
         loss_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
         return loss_sum, (logits.argmax(-1) == targets).sum()
 
