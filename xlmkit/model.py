@@ -207,14 +207,14 @@ class TransformerLayer(nn.Module):
         # every layer, while post-LN renormalises it in every block.
         p = self.dropout if self.training else 0.0
         dtype = compute_dtype(x)
+        residual = x if out_rows is None else x[out_rows]  # (B, T, D) or (N, D)
         if self.pre_ln:
             y = self.attention(layer_norm(self.layer_norm1, x, dtype), attn_mask, is_causal, out_rows)
-            x = (x if out_rows is None else x[out_rows]) + dropout(y, p, self.training)
+            x = residual + dropout(y, p, self.training)
             x = x + dropout(self.ffn(layer_norm(self.layer_norm2, x, dtype)), p, self.training)
         else:
             y = self.attention(x, attn_mask, is_causal, out_rows)
-            x = layer_norm(self.layer_norm1, (x if out_rows is None else x[out_rows]) + dropout(y, p, self.training),
-                           dtype)
+            x = layer_norm(self.layer_norm1, residual + dropout(y, p, self.training), dtype)
             x = layer_norm(self.layer_norm2, x + dropout(self.ffn(x), p, self.training), dtype)
         return x  # (B, T, D) or (N, D)
 
