@@ -12,6 +12,16 @@ torch.cuda.max_memory_allocated on CUDA) is its own.
     python bench/train_throughput.py                        # defaults: D=256, 4 layers, V=32000, B=32, T=128
     python bench/train_throughput.py --compile              # also xlmkit under torch.compile
     python bench/train_throughput.py --device cuda --steps 30
+    python bench/train_throughput.py --cpu-isa avx2         # as on an AVX2-only CPU (see --cpu-isa)
+
+Precision: --precision auto (the default) resolves as xlmkit's trainer does (xlmkit.runtime): bf16 where
+the device computes it natively, else fp32; both models run in the resolved precision. Where that is
+bf16, HF also runs once in fp32 (hf-fp32). The bench also measures the machine's matmul rate (a 2048^3
+product, best of several, in fp32 and in the resolved precision) and prints each model's FLOP/s as a
+fraction of it (MFU against the measured peak). Model FLOPs are 3x the forward's matmul FLOPs of what
+each model computes (6 * weights * rows for the linear layers, 12 * T * D per token and layer for
+attention; embedding look-ups are free): HF computes the output layer at all B*T rows, xlmkit at the
+predicted ones, so their useful work is the same but their FLOPs differ.
 
 The machine may be shared: tokens/s are noisy; compare runs made back to back.
 """
@@ -46,7 +56,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=8, help="timed steps per model")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--cpu-isa", default=None, choices=["avx2"],
+                   help="limit every kernel library to this instruction set (ATEN_CPU_CAPABILITY, "
+                        "ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS) to measure as on a CPU that has "
+                        "no more: avx2 = no AVX-512, no native bf16")
     p.add_argument("--compile", action="store_true", help="also run xlmkit under torch.compile")
     p.add_argument("--no-hf-fp32", action="store_true", help="skip the HF fp32 reference run")
     p.add_argument("--models", default="",
@@ -57,7 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "its large tensors again (applied to every model alike)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # xlmkit | xlmkit-compile | hf
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # xlmkit | xlmkit-compile | hf | matmul
     return p.parse_args(argv)
 
 
@@ -114,9 +128,56 @@ def build_hf(args):
     return XLMWithLMHeadModel(cfg)
 
 
+def matmul_rate(args) -> dict:
+    """GFLOP/s of a 2048^3 matmul in fp32 and in bf16 (best of a few runs of ~0.3 s or 3 products)."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    n = 2048
+    rates = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
+        best = 0.0
+        deadline = time.perf_counter() + 2.0
+        for i in range(12):
+            t = time.perf_counter()
+            a @ b
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t
+            best = max(best, 2 * n**3 / dt / 1e9)
+            if i >= 2 and time.perf_counter() > deadline:
+                break
+        rates[name] = best
+    return {"model": "matmul", "gflops": rates, "threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def model_flops_per_step(args, worker: str) -> float:
+    """3 x forward matmul FLOPs of one training step of the model (see the module docstring)."""
+    B, T, D, L, V = args.batch, args.seq, args.dim, args.layers, args.vocab
+    F = 4 * D if worker.startswith("hf") else args.ffn
+    rows = B * T
+    n_pred = max(1, round(0.15 * rows))
+
+    def layer(q_rows: int) -> int:  # K and V at every row; Q, attention, output projection, FFN at q_rows
+        return 2 * rows * 2 * D * D + 2 * q_rows * (2 * D * D + 2 * D * F) + 4 * q_rows * T * D
+
+    if worker.startswith("hf"):  # every row through every layer and the output layer
+        fwd = L * layer(rows) + 2 * rows * D * V
+    else:  # the last block and the output layer at the predicted rows only
+        fwd = (L - 1) * layer(rows) + layer(n_pred) + 2 * n_pred * D * V
+    return 3.0 * fwd
+
+
 def run_worker(args) -> dict:
     import torch
 
+    if args.worker == "matmul":
+        return matmul_rate(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -232,13 +293,27 @@ def run_in_subprocess(args, worker: str, argv: list[str]) -> dict | None:
     return result
 
 
+CPU_ISA_ENV = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+                         "MKL_ENABLE_INSTRUCTIONS": "AVX2"}}
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.cpu_isa and any(os.environ.get(k) != v for k, v in CPU_ISA_ENV[args.cpu_isa].items()):
+        # the limits must be set before torch loads its kernels: start again with them
+        env = {**os.environ, **CPU_ISA_ENV[args.cpu_isa]}
+        os.execve(sys.executable, [sys.executable, str(Path(__file__).resolve()), *argv], env)
     if args.worker:
         print(json.dumps(run_worker(args)))
         return 0
 
+    from xlmkit.runtime import detect_hardware, resolve_precision
+
+    hw = detect_hardware(args.device)
+    precision, why = resolve_precision(args.precision, hw)
+    argv = [*argv, "--precision", precision]  # the workers get the resolved precision
+    args.precision = precision
     workers = ["xlmkit"]
     if args.compile:
         workers.append("xlmkit-compile")
@@ -250,22 +325,29 @@ def main(argv=None) -> int:
         unknown = set(workers) - {"xlmkit", "xlmkit-compile", "hf", "hf-fp32"}
         if unknown:
             raise SystemExit(f"unknown --models entries: {', '.join(sorted(unknown))}")
-    print(f"MLM training, device={args.device} ({describe_device(args.device)}) precision={args.precision} "
-          f"D={args.dim} layers={args.layers} heads={args.heads} ffn={args.ffn} V={args.vocab} B={args.batch} "
+    print(f"MLM training, device={args.device} ({describe_device(args.device)}); CPU capability "
+          f"{hw.describe()}{' (limited by --cpu-isa ' + args.cpu_isa + ')' if args.cpu_isa else ''}; {why}")
+    print(f"D={args.dim} layers={args.layers} heads={args.heads} ffn={args.ffn} V={args.vocab} B={args.batch} "
           f"T={args.seq} steps={args.steps} (+{args.warmup} warmup; hf-fp32: {fp32_steps(args)}), 15% predicted, "
           f"fused AdamW{', malloc keeps freed memory' if args.keep_freed_memory else ''}", flush=True)
+    peak = run_in_subprocess(args, "matmul", argv)
     results = {w: run_in_subprocess(args, w, argv) for w in workers}
 
     mem_key = "cuda_max_allocated_mb" if args.device == "cuda" else "peak_rss_mb"
+    if peak:
+        print(f"\nmeasured matmul rate (2048^3, {peak['threads']} threads): fp32 {peak['gflops']['fp32']:.0f} GFLOP/s, "
+              f"bf16 {peak['gflops']['bf16']:.0f} GFLOP/s")
     print(f"\n{'model':<16}{'precision':<10}{'params':>12}{'tokens/s':>10}{'median':>9}{'step s':>8}"
-          f"{'tok/cpu-s':>11}{'loss':>8}{mem_key:>22}")
+          f"{'tok/cpu-s':>11}{'loss':>8}{'GFLOP/s':>9}{'MFU':>6}{mem_key:>14}")
     for w, r in results.items():
         if r is None:
             print(f"{w:<16}failed")
             continue
+        gflops = model_flops_per_step(args, w) * r["tokens_per_s"] / (args.batch * args.seq) / 1e9
+        mfu = f"{gflops / peak['gflops'][r['precision']]:.0%}" if peak else "-"
         print(f"{w:<16}{r['precision']:<10}{r['params']:>12,}{r['tokens_per_s']:>10.0f}"
               f"{r['tokens_per_s_median']:>9.0f}{r['step_s_median']:>8.3f}{r['tokens_per_cpu_s']:>11.0f}"
-              f"{r['loss']:>8.3f}{r[mem_key]:>22.0f}")
+              f"{r['loss']:>8.3f}{gflops:>9.0f}{mfu:>6}{r[mem_key]:>14.0f}")
     first = next((r for r in results.values() if r), None)
     if first:
         print(f"torch threads: {first['threads']}" + (f", GPU: {first['gpu']}" if "gpu" in first else ""))
@@ -273,13 +355,13 @@ def main(argv=None) -> int:
     for w in ("xlmkit", "xlmkit-compile"):
         r = results.get(w)
         if r and hf:
-            print(f"speedup {w}/hf ({args.precision}): {r['tokens_per_s'] / hf['tokens_per_s']:.2f}x "
+            print(f"speedup {w}/hf ({args.precision} vs {args.precision}): {r['tokens_per_s'] / hf['tokens_per_s']:.2f}x "
                   f"(median {r['tokens_per_s_median'] / hf['tokens_per_s_median']:.2f}x, "
                   f"per CPU-second {r['tokens_per_cpu_s'] / hf['tokens_per_cpu_s']:.2f}x)")
     if results.get("xlmkit") and results.get("hf-fp32"):
         print(f"speedup xlmkit/hf-fp32: {results['xlmkit']['tokens_per_s'] / results['hf-fp32']['tokens_per_s']:.2f}x")
-    print("(tokens/s = B*T*steps / time; peak memory per model, each in its own process; the machine may be "
-          "shared, so numbers are noisy)")
+    print("(tokens/s = B*T*steps / time; FLOP/s and MFU: see the docstring; peak memory per model, each in its own "
+          "process; the machine may be shared, so numbers are noisy)")
     return 0
 
 

@@ -122,7 +122,7 @@ class TrainConfig:
     warmup_steps: int = 100
     schedule: str = "linear"  # "linear" | "inverse_sqrt" | "constant"
     clip_norm: float = 1.0  # 0 = no clipping
-    precision: str = "bf16"  # "bf16" (autocast) | "fp32"
+    precision: str = "auto"  # "auto" (bf16 where the hardware has it, else fp32; xlmkit.runtime) | "bf16" | "fp32"
     compile: bool = False
     word_pred: float = 0.15  # fraction of tokens predicted (Devlin et al. 2019)
     mask_prob: float = 0.8  # of predicted tokens: replaced by <mask>
@@ -148,7 +148,8 @@ class TrainConfig:
         _check(self.lr > 0, "train.lr must be > 0")
         _check(self.schedule in ("linear", "inverse_sqrt", "constant"),
                f"train.schedule must be linear, inverse_sqrt or constant, got {self.schedule!r}")
-        _check(self.precision in ("bf16", "fp32"), f"train.precision must be bf16 or fp32, got {self.precision!r}")
+        _check(self.precision in ("auto", "bf16", "fp32"),
+               f"train.precision must be auto, bf16 or fp32, got {self.precision!r}")
         _check(0.0 < self.word_pred < 1.0, "train.word_pred must be in (0, 1)")
         _check(self.mask_prob >= 0 and self.random_prob >= 0 and self.mask_prob + self.random_prob <= 1.0,
                "train.mask_prob + train.random_prob must be <= 1")
@@ -176,7 +177,7 @@ class FinetuneConfig:
     freeze_layers: int = 0
     dropout: float = 0.1
     patience: int = 0  # early stopping on the dev language; 0 = off
-    precision: str = "bf16"
+    precision: str = "auto"  # as train.precision
     seed: int = 0
     device: str = "auto"
 
@@ -184,7 +185,8 @@ class FinetuneConfig:
         _check(self.task in ("classification", "pair", "token"),
                f"finetune.task must be classification, pair or token, got {self.task!r}")
         _check(self.max_len >= 4 and self.batch_size >= 1, "finetune.max_len must be >= 4 and batch_size >= 1")
-        _check(self.precision in ("bf16", "fp32"), "finetune.precision must be bf16 or fp32")
+        _check(self.precision in ("auto", "bf16", "fp32"),
+               f"finetune.precision must be auto, bf16 or fp32, got {self.precision!r}")
         _check(self.freeze_layers >= 0, "finetune.freeze_layers must be >= 0")
 
 

@@ -291,7 +291,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from xlmkit.finetune import finetune, is_finetuned_dir, load_finetuned, load_pretrained
-    from xlmkit.runtime import pick_device
+    from xlmkit.runtime import choose_precision, pick_device
 
     t0 = time.time()
     out = Path(args.out)
@@ -317,6 +317,8 @@ def run(args: argparse.Namespace) -> int:
                 args.unknown_lang_id, ftm.vocab, ftm.model.encoder))
         model, encoder, labels = ftm.model, TaskEncoder(ftm.tokenizer, ftm.vocab, spec, ftm.model.encoder), list(spec.labels)
         device = pick_device(ft.device)
+        # the precision of this machine, not of the one it was fine-tuned on
+        ft = dataclasses.replace(ft, precision=choose_precision("auto", device, "evaluate"))
         model.to(device)
         train_lang, majority, protocol, ft_info = None, None, "fine-tuned model, tested on test / unsplit files", {}
     else:
@@ -336,7 +338,7 @@ def run(args: argparse.Namespace) -> int:
         unknown = resolve_unknown_lang_id(args.unknown_lang_id, loaded.vocab, loaded.model)
         result = finetune(loaded, ft, splits["train"], splits["dev"], labels=labels, pooling=args.pooling,
                           unknown_lang_id=unknown, out_dir=out / "model")
-        model, encoder, spec = result.model, result.encoder, result.spec
+        model, encoder, spec, ft = result.model, result.encoder, result.spec, result.config.finetune
         device = next(model.parameters()).device
         from xlmkit.metrics_eval import majority_label
 

@@ -350,7 +350,7 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
 
 @torch.no_grad()
 def predict(model: TaskModel, data: Sequence[Encoded], pad_id: int, batch_size: int, device: torch.device,
-            precision: str = "bf16") -> list:
+            precision: str = "auto") -> list:
     """Predicted label indices: one int per example, or (token task) one array per example holding a
     prediction for each kept word. Batches are formed by length, results returned in input order."""
     from xlmkit.runtime import autocast
@@ -502,7 +502,7 @@ def finetune(
     fine-tuned model directory when out_dir is given."""
     from tokenizers import Tokenizer
 
-    from xlmkit.runtime import autocast, pick_device, seed_everything
+    from xlmkit.runtime import autocast, choose_precision, pick_device, seed_everything
 
     t0 = time.time()
     if not train_examples:
@@ -513,6 +513,7 @@ def finetune(
     if len(labels) < 2:
         raise DataError(f"the training data has a single label ({', '.join(labels)}); nothing to learn")
     device = pick_device(ft.device)
+    ft = dataclasses.replace(ft, precision=choose_precision(ft.precision, device, "finetune"))  # resolved, saved
     seed_everything(ft.seed)
     encoder_model = loaded.model
     if ft.max_len > encoder_model.cfg.max_positions:

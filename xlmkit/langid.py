@@ -142,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
     test_examples = [ex for lang in langs for ex in test[lang]]
     data, stats = result.encoder.encode(test_examples)
     device = next(result.model.parameters()).device
-    preds = predict(result.model, data, result.encoder.pad_id, max(ft.batch_size, 64), device, ft.precision)
+    preds = predict(result.model, data, result.encoder.pad_id, max(ft.batch_size, 64), device,
+                    result.config.finetune.precision)
     scores = score(test_examples, preds, langs, per_class=True)
     gold = [ex.label for ex in test_examples]
     pred = [langs[j] for j in preds]

@@ -187,7 +187,7 @@ def resolve_lang_id(lang: str, vocab: dict, model, unknown_lang_id: str | None =
 
 
 def embed_ids(model, seqs: Sequence[Sequence[int]], pad_id: int, lang_id: int | None = None, layer: int = -1,
-              batch_size: int = 64, device=None, precision: str = "fp32") -> np.ndarray:
+              batch_size: int = 64, device=None, precision: str = "auto") -> np.ndarray:
     """Mean-pooled hidden states (layer `layer`) of id sequences -> (N, D) float32, in input order.
     Batches are formed in order of decreasing length, so they hold little padding."""
     import torch
@@ -234,7 +234,7 @@ class Encoder:
     fmt: SentenceFormat
     layer: int = -1
     batch_size: int = 64
-    precision: str = "fp32"
+    precision: str = "auto"
     unknown_lang_id: str | None = None
 
     def lang_id(self, lang: str) -> int | None:
@@ -247,7 +247,7 @@ class Encoder:
 
 
 def load_encoder(model_path: str | Path, which: str = "best", device: str = "auto", layer: int = -1,
-                 batch_size: int = 64, max_len: int | None = None, precision: str = "fp32",
+                 batch_size: int = 64, max_len: int | None = None, precision: str = "auto",
                  wrap: str = "auto", unknown_lang_id: str | None = None, random_init: bool = False,
                  seed: int = 0) -> tuple[Encoder, dict]:
     """Load a run (or checkpoint) for embedding -> (Encoder, info for reports). With random_init the
@@ -256,9 +256,10 @@ def load_encoder(model_path: str | Path, which: str = "best", device: str = "aut
     from tokenizers import Tokenizer
 
     from xlmkit.checkpoint import load_model, read_state
-    from xlmkit.runtime import pick_device
+    from xlmkit.runtime import choose_precision, pick_device
 
     dev = pick_device(device)
+    precision = choose_precision(precision, dev, "embed")
     loaded = load_model(model_path, which=which, device="cpu")
     model = loaded.model
     if random_init:
@@ -423,8 +424,9 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-len", type=int, default=None,
                         help="max tokens per sentence, wrapping included (default: the model's max_positions)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                        help="forward-pass precision (output is always float32; default: fp32)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="forward-pass precision (output is always float32; default: auto = bf16 where the "
+                             "hardware computes it natively, else fp32)")
     parser.add_argument("--wrap", choices=("auto", "xlm", "roberta"), default="auto",
                         help="sentence wrapping: xlm = </s> … </s>, roberta = <s> … </s>; "
                              "auto = vocab.json's sentence_wrap, else xlm")

@@ -6,7 +6,8 @@ The model knows nothing of parallelism and the training loop never calls `torch.
     device = pick_device(cfg.train.device, dist)                           # cuda:LOCAL_RANK under torchrun
     model = wrap_model(model, dist, cfg.train.parallel, device)            # on device; DDP / FSDP2 under torchrun
     optimizer = ...                                                        # after wrap_model (FSDP swaps params)
-    with autocast(device, cfg.train.precision): ...                        # bf16 autocast or nothing
+    precision = choose_precision(cfg.train.precision, device)               # "auto" -> bf16 where native
+    with autocast(device, precision): ...                                   # bf16 autocast or nothing
     loss = all_reduce_mean(loss, dist)
     grad_norm = clip_grad_norm(model.parameters(), max_norm)               # a float, sharded or not
 
@@ -54,15 +55,94 @@ def pick_device(name: str = "auto", dist: DistInfo | None = None) -> torch.devic
     return torch.device(name)
 
 
+# Which precision runs fast where. bf16 autocast halves memory traffic and, where the hardware has
+# bf16 dot products, doubles (AVX512_BF16) or more (AMX, tensor cores) the matmul rate. Elsewhere
+# bf16 is emulated: on an AVX2-only CPU a 2048^3 bf16 matmul runs ~400x slower than fp32.
+PRECISIONS = ("auto", "bf16", "fp32")
+# oneDNN ISA levels (ONEDNN_MAX_CPU_ISA) that still include bf16 dot products.
+_ONEDNN_BF16_ISAS = ("ALL", "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16",
+                     "AVX10_1_512", "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2")
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What decides the precision: the device type, and for a CPU the kernel level torch dispatches to
+    (`torch.backends.cpu.get_cpu_capability()`: "AVX2", "AVX512", "DEFAULT", ...) and its bf16 units."""
+
+    device_type: str = "cpu"
+    cpu_capability: str = "DEFAULT"
+    avx512_bf16: bool = False  # AVX512_BF16 dot products (Cooper Lake, Zen 4 and later)
+    amx: bool = False  # AMX tiles (Sapphire Rapids and later)
+    cuda_bf16: bool = False  # torch.cuda.is_bf16_supported() (Ampere and later)
+
+    def describe(self) -> str:
+        if self.device_type == "cuda":
+            return "CUDA " + ("with" if self.cuda_bf16 else "without") + " bf16"
+        units = [name for name, has in (("AMX", self.amx), ("AVX512_BF16", self.avx512_bf16)) if has]
+        return self.cpu_capability + (" + " + " + ".join(units) if units else "")
+
+
+def detect_hardware(device: torch.device | str) -> Hardware:
+    """The Hardware of `device` on this machine. The kernel level respects ATEN_CPU_CAPABILITY and
+    ONEDNN_MAX_CPU_ISA, so a CPU limited to AVX2 by them counts as an AVX2 CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return Hardware(device_type="cuda", cuda_bf16=bool(torch.cuda.is_bf16_supported()))
+    capability = torch.backends.cpu.get_cpu_capability()
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    allowed = isa in _ONEDNN_BF16_ISAS
+    return Hardware(device_type=device.type, cpu_capability=capability,
+                    avx512_bf16=allowed and bool(torch.cpu._is_avx512_bf16_supported()),
+                    amx=allowed and bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()))
+
+
+def has_native_bf16(hw: Hardware) -> bool:
+    """True where bf16 matmuls run in hardware: CUDA with bf16 support; an x86 CPU whose kernels are
+    AVX-512 and that has AVX512_BF16 or AMX. Everything else emulates bf16 (slowly)."""
+    if hw.device_type == "cuda":
+        return hw.cuda_bf16
+    return hw.cpu_capability.upper().startswith("AVX512") and (hw.avx512_bf16 or hw.amx)
+
+
+def resolve_precision(requested: str, hw: Hardware) -> tuple[str, str]:
+    """("bf16" | "fp32", a one-line explanation) for the requested precision on `hw`. "auto" takes bf16
+    where it is native and fp32 otherwise; an explicit "bf16" is kept even where it is emulated, and
+    its line is then a warning."""
+    if requested not in PRECISIONS:
+        raise XlmkitError(f"unknown precision {requested!r}; use {', '.join(PRECISIONS)}")
+    native = has_native_bf16(hw)
+    where = f"this {'GPU' if hw.device_type == 'cuda' else 'CPU'}"
+    if requested == "auto":
+        if native:
+            return "bf16", f"precision auto -> bf16: {where} computes bf16 natively ({hw.describe()})"
+        return "fp32", f"precision auto -> fp32: {where} has no native bf16 ({hw.describe()})"
+    if requested == "bf16" and not native:
+        return "bf16", (f"warning: precision bf16 on {where} without native bf16 ({hw.describe()}) is emulated "
+                        f"and slow; use auto or fp32")
+    return requested, f"precision {requested} ({hw.describe()})"
+
+
+def choose_precision(requested: str, device: torch.device | str, who: str = "xlmkit", verbose: bool = True) -> str:
+    """resolve_precision on this machine's `device`, its line printed once (stderr) when verbose."""
+    precision, line = resolve_precision(requested, detect_hardware(device))
+    if verbose:
+        import sys
+
+        print(f"[{who}] {line}", file=sys.stderr, flush=True)
+    return precision
+
+
 def autocast(device: torch.device | str, precision: str):
     """Context for the forward pass: bf16 autocast (CPU and GPU; weights and optimizer stay fp32) or,
     for "fp32", nothing at all."""
     device = torch.device(device)
+    if precision == "auto":  # callers resolve once (choose_precision); this keeps a direct call right
+        precision = resolve_precision("auto", detect_hardware(device))[0]
     if precision == "fp32":
         return contextlib.nullcontext()
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    raise XlmkitError(f"unknown precision {precision!r}; use bf16 or fp32")
+    raise XlmkitError(f"unknown precision {precision!r}; use auto, bf16 or fp32")
 
 
 def seed_everything(seed: int) -> None:

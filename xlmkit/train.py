@@ -363,13 +363,15 @@ def pretrain(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: boo
     from xlmkit.data import PreparedData
     from xlmkit.metrics import MetricsLogger
     from xlmkit.model import XLMModel
-    from xlmkit.runtime import (barrier, broadcast_object, clip_grad_norm, init_distributed, pick_device,
-                                seed_everything, shutdown_distributed, wrap_model)
+    from xlmkit.runtime import (barrier, broadcast_object, choose_precision, clip_grad_norm, init_distributed,
+                                pick_device, seed_everything, shutdown_distributed, wrap_model)
 
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     dist = init_distributed(cfg.train.dist_timeout_s, cfg.train.device)
     device = pick_device(cfg.train.device, dist)
+    precision = choose_precision(cfg.train.precision, device, "pretrain", verbose=dist.is_main)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))  # resolved, in config.json
     data = PreparedData(data_dir)
     vocab = vocab_info(data)
     init_ckpt = None
