@@ -178,6 +178,7 @@ class FinetuneConfig:
     dropout: float = 0.1
     patience: int = 0  # early stopping on the dev language; 0 = off
     precision: str = "auto"  # as train.precision
+    group_by_length: bool = True  # batches of similar lengths (xlmkit.finetune.training_batches)
     seed: int = 0
     device: str = "auto"
 
