@@ -160,3 +160,12 @@ def test_filter_logits_keeps_the_top_k_and_the_nucleus():
     assert torch.isinf(filter_logits(logits, 0, 0.1)).tolist() == [[False, True, True, True]]
     with pytest.raises(ValueError, match="sampling"):
         GenerationConfig(sample=True, beam_size=2)
+
+
+def test_min_len_holds_eos_back():
+    model = tiny_model(seed=8)
+    src, langs = sources()
+    for beam in (1, 3):
+        out = generate(model, src, langs, 1, GenerationConfig(beam_size=beam, min_len=5, max_len_a=0, max_len_b=9),
+                       BOS, EOS)
+        assert all(5 <= len(o) <= 8 for o in out)

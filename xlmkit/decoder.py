@@ -267,7 +267,10 @@ class EncoderDecoder(nn.Module):
         return self.decoder.logits(h[:, -1], self.token_weight)  # (B, V)
 
 
-def reorder_cache(cache: Cache, index: Tensor) -> Cache:
-    """The cache of the rows `index` (beam search: each new beam continues an old one)."""
-    return [{k: v.index_select(0, index) for k, v in layer.items()} for layer in cache]
+def reorder_cache(cache: Cache, index: Tensor, same_memory: bool = True) -> Cache:
+    """The cache of the rows `index` (beam search: each new beam continues an old one). With
+    same_memory (every new row continues a row of the same source, as in beam search) the memory's
+    keys and values, identical across those rows, stay where they are."""
+    skip = ("mem_k", "mem_v") if same_memory else ()
+    return [{k: v if k in skip else v.index_select(0, index) for k, v in layer.items()} for layer in cache]
 

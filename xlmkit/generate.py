@@ -36,6 +36,7 @@ class GenerationConfig:
     early_stopping: bool = True
     max_len_a: float = 1.3  # max target length = a * source length + b (XLM)
     max_len_b: int = 5
+    min_len: int = 0  # eos is not allowed before this many target tokens
     sample: bool = False
     temperature: float = 1.0
     top_k: int = 0  # 0 = no limit
@@ -97,6 +98,8 @@ def _greedy_or_sample(model, memory, memory_mask, tgt_lang, limits, cfg, bos_id,
     open_rows = torch.ones(B, dtype=torch.bool, device=device)
     for t in range(int(limits.max())):
         logits = model.decode_step(last, langs, t, memory, memory_mask, cache).float()  # (B, V)
+        if t < cfg.min_len:
+            logits[:, eos_id] = float("-inf")
         if cfg.sample:
             probs = filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p).softmax(-1)
             tok = torch.multinomial(probs, 1, generator=generator)[:, 0]  # (B,)
@@ -155,6 +158,8 @@ def _beam_search(model, memory, memory_mask, tgt_lang, limits, cfg, bos_id, eos_
     for t in range(int(limits.max())):
         logits = model.decode_step(last, langs, t, memory, memory_mask, cache).float()  # (B*K, V)
         logp = F.log_softmax(logits, dim=-1)
+        if t < cfg.min_len:
+            logp[:, eos_id] = float("-inf")
         at_limit = t + 1 >= row_limits  # (B*K,) only eos is left
         if bool(at_limit.any()):  # eos with its own probability, so a cut hypothesis gains nothing
             forced = torch.full_like(logp, float("-inf"))
