@@ -75,13 +75,18 @@ def filter_logits(logits: Tensor, top_k: int, top_p: float) -> Tensor:
 def generate(model: EncoderDecoder, src_ids: Tensor, src_langs: Tensor | None, tgt_lang: int | None,
              cfg: GenerationConfig, bos_id: int, eos_id: int, src_mask: Tensor | None = None,
              generator: torch.Generator | None = None) -> list[list[int]]:
-    """Target ids for each source row of src_ids (B, S) (bos and eos left out)."""
+    """Target ids for each source row of src_ids (B, S) (bos and eos left out). Runs the model in eval
+    mode (no dropout) and leaves it in the mode it was in."""
+    was_training = model.training
     model.eval()
-    memory, memory_mask = model.encode(src_ids, src_langs, src_mask)
-    limits = max_lengths(memory_mask, cfg, model.cfg.max_positions)
-    if cfg.beam_size == 1:
-        return _greedy_or_sample(model, memory, memory_mask, tgt_lang, limits, cfg, bos_id, eos_id, generator)
-    return _beam_search(model, memory, memory_mask, tgt_lang, limits, cfg, bos_id, eos_id)
+    try:
+        memory, memory_mask = model.encode(src_ids, src_langs, src_mask)
+        limits = max_lengths(memory_mask, cfg, model.cfg.max_positions)
+        if cfg.beam_size == 1:
+            return _greedy_or_sample(model, memory, memory_mask, tgt_lang, limits, cfg, bos_id, eos_id, generator)
+        return _beam_search(model, memory, memory_mask, tgt_lang, limits, cfg, bos_id, eos_id)
+    finally:
+        model.train(was_training)
 
 
 def _lang_column(n: int, tgt_lang: int | None, device) -> Tensor | None:
