@@ -56,7 +56,7 @@ def test_cached_decoding_equals_the_teacher_forced_forward(pre_ln):
     torch.testing.assert_close(model.decoder.logits(tail, model.token_weight), full[:, 3:], atol=1e-5, rtol=1e-5)
 
 
-def test_both_halves_start_from_the_pretrained_encoder():
+def test_both_halves_start_from_the_pretrained_encoder(tmp_path):
     torch.manual_seed(0)
     enc = XLMModel(tiny_cfg())
     model = EncoderDecoder.from_encoder(enc)
@@ -73,9 +73,9 @@ def test_both_halves_start_from_the_pretrained_encoder():
     assert sum("token_embeddings" in n for n in names) == 1
     from safetensors.torch import load_file, save_file
 
-    save_file(model.state_dict(), "/tmp/_xlmkit_encdec.safetensors")
+    save_file(model.state_dict(), tmp_path / "model.safetensors")
     restored = EncoderDecoder(model.cfg)
-    restored.load_state_dict(load_file("/tmp/_xlmkit_encdec.safetensors"))
+    restored.load_state_dict(load_file(tmp_path / "model.safetensors"))
     src, langs = sources()
     tgt = torch.full((3, 1), BOS)
     with torch.no_grad():
