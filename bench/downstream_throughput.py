@@ -34,9 +34,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _common import CPU_ISA_HELP, cpu_name, restart_with_cpu_isa  # noqa: E402
 SHARED = ROOT.parent / "shared" / "data"
-CPU_ISA_ENV = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
-                        "MKL_ENABLE_INSTRUCTIONS": "AVX2"}}
 PAD_ID, N_LABELS = 1, 2
 
 
@@ -52,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--embed-batch", type=int, default=64)
     p.add_argument("--train-steps", type=int, default=24, help="timed fine-tuning steps (after 2 warm-up steps)")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
-    p.add_argument("--cpu-isa", default=None, choices=["avx2"], help="see bench/train_throughput.py")
+    p.add_argument("--cpu-isa", default=None, choices=["avx2"], help=CPU_ISA_HELP)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default=None, help=argparse.SUPPRESS)  # the encoded sentences (JSON)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # {xlmkit,hf}-{finetune,embed}
@@ -239,9 +240,7 @@ def run_worker(args, seqs: list[list[int]]) -> dict:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    if args.cpu_isa and any(os.environ.get(k) != v for k, v in CPU_ISA_ENV[args.cpu_isa].items()):
-        env = {**os.environ, **CPU_ISA_ENV[args.cpu_isa]}  # set before torch loads its kernels
-        os.execve(sys.executable, [sys.executable, str(Path(__file__).resolve()), *argv], env)
+    restart_with_cpu_isa(args.cpu_isa, __file__, argv)
     if args.worker:
         seqs = json.loads(Path(args.work).read_text())
         print(json.dumps(run_worker(args, seqs)))
@@ -256,7 +255,7 @@ def main(argv=None) -> int:
     lines, where = read_sentences(args.sentences, args.seed)
     seqs = encode(lines, args.vocab, args.max_len)
     lengths = sorted(map(len, seqs))
-    print(f"fine-tuning and embedding, CPU capability {hw.describe()}"
+    print(f"fine-tuning and embedding on {cpu_name()}; CPU capability {hw.describe()}"
           f"{' (limited by --cpu-isa ' + args.cpu_isa + ')' if args.cpu_isa else ''}; {why}")
     print(f"{len(seqs)} sentences from {where}: tokens min {lengths[0]}, median {lengths[len(lengths) // 2]}, "
           f"max {lengths[-1]}; D={args.dim} layers={args.layers} V={args.vocab}; fine-tune batch "

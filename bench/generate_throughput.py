@@ -24,8 +24,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-CPU_ISA_ENV = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
-                        "MKL_ENABLE_INSTRUCTIONS": "AVX2"}}
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _common import CPU_ISA_HELP, cpu_name, restart_with_cpu_isa  # noqa: E402
 BOS = EOS = 2
 PAD = 1
 
@@ -41,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--beam", type=int, default=5)
     p.add_argument("--new-tokens", type=int, default=24)
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
-    p.add_argument("--cpu-isa", default=None, choices=["avx2"], help="see bench/train_throughput.py")
+    p.add_argument("--cpu-isa", default=None, choices=["avx2"], help=CPU_ISA_HELP)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # xlmkit | hf
     return p.parse_args(argv)
@@ -128,9 +129,7 @@ def run_worker(args) -> dict:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    if args.cpu_isa and any(os.environ.get(k) != v for k, v in CPU_ISA_ENV[args.cpu_isa].items()):
-        env = {**os.environ, **CPU_ISA_ENV[args.cpu_isa]}  # set before torch loads its kernels
-        os.execve(sys.executable, [sys.executable, str(Path(__file__).resolve()), *argv], env)
+    restart_with_cpu_isa(args.cpu_isa, __file__, argv)
     if args.worker:
         print(json.dumps(run_worker(args)))
         return 0
@@ -138,7 +137,7 @@ def main(argv=None) -> int:
 
     hw = detect_hardware("cpu")
     precision, why = resolve_precision(args.precision, hw)
-    print(f"beam-search decoding, CPU capability {hw.describe()}"
+    print(f"beam-search decoding on {cpu_name()}; CPU capability {hw.describe()}"
           f"{' (limited by --cpu-isa ' + args.cpu_isa + ')' if args.cpu_isa else ''}; {why}")
     print(f"D={args.dim} layers={args.layers}+{args.layers} V={args.vocab}; {args.sources} sources (8-40 tokens) in "
           f"batches of {args.batch}; beam {args.beam}; {args.new_tokens} new tokens each", flush=True)

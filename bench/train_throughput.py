@@ -39,6 +39,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _common import CPU_ISA_HELP, cpu_name, restart_with_cpu_isa  # noqa: E402
 
 PAD_ID, MASK_ID, N_SPECIAL = 1, 4, 5  # xlmkit's fixed specials: <s>=0 <pad>=1 </s>=2 <unk>=3 <mask>=4
 
@@ -57,10 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
-    p.add_argument("--cpu-isa", default=None, choices=["avx2"],
-                   help="limit every kernel library to this instruction set (ATEN_CPU_CAPABILITY, "
-                        "ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS) to measure as on a CPU that has "
-                        "no more: avx2 = no AVX-512, no native bf16")
+    p.add_argument("--cpu-isa", default=None, choices=["avx2"], help=CPU_ISA_HELP)
     p.add_argument("--compile", action="store_true", help="also run xlmkit under torch.compile")
     p.add_argument("--no-hf-fp32", action="store_true", help="skip the HF fp32 reference run")
     p.add_argument("--models", default="",
@@ -266,15 +266,7 @@ def run_worker(args) -> dict:
 
 
 def describe_device(device: str) -> str:
-    if device == "cuda":
-        return "CUDA"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cpus"
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cpus"
+    return "CUDA" if device == "cuda" else cpu_name()
 
 
 def fp32_steps(args) -> int:
@@ -296,17 +288,12 @@ def run_in_subprocess(args, worker: str, argv: list[str]) -> dict | None:
     return result
 
 
-CPU_ISA_ENV = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
-                         "MKL_ENABLE_INSTRUCTIONS": "AVX2"}}
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    if args.cpu_isa and any(os.environ.get(k) != v for k, v in CPU_ISA_ENV[args.cpu_isa].items()):
-        # the limits must be set before torch loads its kernels: start again with them
-        env = {**os.environ, **CPU_ISA_ENV[args.cpu_isa]}
-        os.execve(sys.executable, [sys.executable, str(Path(__file__).resolve()), *argv], env)
+    restart_with_cpu_isa(args.cpu_isa, __file__, argv)
     if args.worker:
         print(json.dumps(run_worker(args)))
         return 0

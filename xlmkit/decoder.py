@@ -39,8 +39,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xlmkit.config import ModelConfig
-from xlmkit.model import (FeedForward, MLMHead, XLMModel, attention_with_dropout, compute_dtype,
-                          create_sinusoidal_embeddings, dropout, layer_norm)
+from xlmkit.model import (FeedForward, MLMHead, XLMModel, add_input_embeddings, add_positions_and_langs,
+                          attention_with_dropout, compute_dtype, dropout, init_xlm_weights, layer_norm)
 
 Cache = list[dict[str, Tensor]]  # one dict per layer: "k", "v" (self), "mem_k", "mem_v" (cross)
 
@@ -153,16 +153,7 @@ class XLMDecoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.dropout = cfg.dropout
-        if cfg.sinusoidal_embeddings:
-            self.position_embeddings = None
-            self.register_buffer("position_table", create_sinusoidal_embeddings(cfg.max_positions, cfg.dim),
-                                 persistent=False)
-        else:
-            self.position_embeddings = nn.Embedding(cfg.max_positions, cfg.dim)
-            self.position_table = None
-        use_lang = cfg.use_lang_emb and cfg.n_langs > 1
-        self.lang_embeddings = nn.Embedding(cfg.n_langs, cfg.dim) if use_lang else None
-        self.layer_norm_emb = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
+        add_input_embeddings(self, cfg)  # as the encoder's: positions, languages, their LayerNorm
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_layers))
         self.layer_norm_final = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps) if cfg.pre_ln else None
         self.head = MLMHead(cfg)
@@ -175,13 +166,8 @@ class XLMDecoder(nn.Module):
         if start + T > self.cfg.max_positions:
             raise ValueError(f"target length {start + T} exceeds model.max_positions={self.cfg.max_positions}")
         positions = torch.arange(start, start + T, device=tgt_ids.device)[None, :]  # (1, T)
-        x = F.embedding(tgt_ids, token_weight, padding_idx=self.cfg.pad_id)  # (B, T, D)
-        if self.position_embeddings is not None:
-            x = x + self.position_embeddings(positions)
-        else:
-            x = x + F.embedding(positions, self.position_table)
-        if tgt_langs is not None and self.lang_embeddings is not None:
-            x = x + self.lang_embeddings(tgt_langs)
+        x = add_positions_and_langs(self, F.embedding(tgt_ids, token_weight, padding_idx=self.cfg.pad_id),
+                                    positions, tgt_langs)  # (B, T, D)
         x = layer_norm(self.layer_norm_emb, x, x.dtype if self.cfg.pre_ln else compute_dtype(x))
         x = dropout(x, self.dropout, self.training)
         for i, layer in enumerate(self.layers):
@@ -205,17 +191,8 @@ class EncoderDecoder(nn.Module):
         self.reset_decoder_parameters()
 
     def reset_decoder_parameters(self) -> None:
-        """The encoder's init (XLMModel.reset_parameters) for every decoder parameter."""
-        std = self.cfg.dim ** -0.5
-        for module in self.decoder.modules():
-            if isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, mean=0.0, std=std)
-            elif isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, mean=0.0, std=0.02)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        """The encoder's init (xlmkit.model.init_xlm_weights) for every decoder parameter."""
+        init_xlm_weights(self.decoder, self.cfg.dim)
         nn.init.zeros_(self.decoder.head.bias)
 
     @classmethod

@@ -247,6 +247,56 @@ class MLMHead(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
+# Embeddings and initialisation, shared by the encoder and the decoder (xlmkit.decoder)
+
+
+def add_input_embeddings(module: nn.Module, cfg: ModelConfig) -> None:
+    """Give `module` XLM's position embeddings (learned, or the fixed sinusoidal table as a buffer that
+    is not saved), language embeddings (as XLM: none for a single language, where they would only shift
+    every input) and the embedding LayerNorm, registered in that order."""
+    if cfg.sinusoidal_embeddings:
+        module.position_embeddings = None
+        module.register_buffer("position_table", create_sinusoidal_embeddings(cfg.max_positions, cfg.dim),
+                               persistent=False)
+    else:
+        module.position_embeddings = nn.Embedding(cfg.max_positions, cfg.dim)
+        module.position_table = None
+    use_lang = cfg.use_lang_emb and cfg.n_langs > 1
+    module.lang_embeddings = nn.Embedding(cfg.n_langs, cfg.dim) if use_lang else None
+    module.layer_norm_emb = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
+
+
+def add_positions_and_langs(module: nn.Module, x: Tensor, positions: Tensor, langs: Tensor | None) -> Tensor:
+    """x (B, T, D) token embeddings + the position and (where the module has them) language embeddings
+    of `module` (see add_input_embeddings)."""
+    if module.position_embeddings is not None:
+        x = x + module.position_embeddings(positions)  # (B, T, D)
+    else:
+        x = x + F.embedding(positions, module.position_table)  # (B, T, D)
+    if langs is not None and module.lang_embeddings is not None:
+        x = x + module.lang_embeddings(langs)  # (B, T, D)
+    return x
+
+
+def init_xlm_weights(module: nn.Module, dim: int) -> None:
+    """XLM's init for every submodule of `module`: embeddings N(0, D^-0.5) with a zero padding row;
+    Linear N(0, 0.02) (as HF's init_std), zero biases; LayerNorm 1, 0."""
+    std = dim ** -0.5
+    for m in module.modules():
+        if isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, mean=0.0, std=std)
+            if m.padding_idx is not None:
+                with torch.no_grad():
+                    m.weight[m.padding_idx].zero_()
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+# ----------------------------------------------------------------------------------------------
 # The encoder
 
 
@@ -265,39 +315,15 @@ class XLMModel(nn.Module):
         self.dropout = cfg.dropout
 
         self.token_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim, padding_idx=cfg.pad_id)
-        if cfg.sinusoidal_embeddings:
-            # fixed, not trained and not saved: recomputed from the config
-            self.position_embeddings = None
-            self.register_buffer("position_table", create_sinusoidal_embeddings(cfg.max_positions, cfg.dim),
-                                 persistent=False)
-        else:
-            self.position_embeddings = nn.Embedding(cfg.max_positions, cfg.dim)
-            self.position_table = None
-        # as XLM: a single language has no language embedding (it would only shift every input)
-        use_lang = cfg.use_lang_emb and cfg.n_langs > 1
-        self.lang_embeddings = nn.Embedding(cfg.n_langs, cfg.dim) if use_lang else None
-        self.layer_norm_emb = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
+        add_input_embeddings(self, cfg)  # positions, languages, their LayerNorm
         self.layers = nn.ModuleList(TransformerLayer(cfg) for _ in range(cfg.n_layers))
         self.layer_norm_final = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps) if cfg.pre_ln else None
         self.mlm_head = MLMHead(cfg)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """XLM's init: embeddings N(0, D^-0.5) with a zero padding row; Linear N(0, 0.02) (as HF's
-        init_std), zero biases; LayerNorm 1, 0."""
-        std = self.cfg.dim ** -0.5
-        for module in self.modules():
-            if isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, mean=0.0, std=std)
-                if module.padding_idx is not None:
-                    with torch.no_grad():
-                        module.weight[module.padding_idx].zero_()
-            elif isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, mean=0.0, std=0.02)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        """XLM's init (init_xlm_weights) and a zero output bias."""
+        init_xlm_weights(self, self.cfg.dim)
         nn.init.zeros_(self.mlm_head.bias)
 
     @property
@@ -346,13 +372,7 @@ class XLMModel(nn.Module):
             if T > self.cfg.max_positions:
                 raise ValueError(f"sequence length {T} exceeds model.max_positions={self.cfg.max_positions}")
             positions = torch.arange(T, device=input_ids.device)[None, :]  # (1, T)
-        x = self.token_embeddings(input_ids)  # (B, T, D)
-        if self.position_embeddings is not None:
-            x = x + self.position_embeddings(positions)  # (B, T, D)
-        else:
-            x = x + F.embedding(positions, self.position_table)  # (B, T, D)
-        if langs is not None and self.lang_embeddings is not None:
-            x = x + self.lang_embeddings(langs)  # (B, T, D)
+        x = add_positions_and_langs(self, self.token_embeddings(input_ids), positions, langs)  # (B, T, D)
         # the stream between blocks: bf16 under autocast (post-LN), the residual's fp32 for pre-LN
         x = layer_norm(self.layer_norm_emb, x, x.dtype if self.cfg.pre_ln else compute_dtype(x))
         x = dropout(x, self.dropout, self.training)
