@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xlmkit.config import ModelConfig
-from xlmkit.model import (FeedForward, MLMHead, XLMModel, add_input_embeddings, add_positions_and_langs,
+from xlmkit.model import (FeedForward, MLMHead, SelfAttention, XLMModel, add_input_embeddings, add_positions_and_langs,
                           attention_with_dropout, compute_dtype, dropout, init_xlm_weights, layer_norm)
 
 Cache = list[dict[str, Tensor]]  # one dict per layer: "k", "v" (self), "mem_k", "mem_v" (cross)
@@ -49,19 +49,9 @@ Cache = list[dict[str, Tensor]]  # one dict per layer: "k", "v" (self), "mem_k",
 # Blocks
 
 
-class Attention(nn.Module):
-    """Multi-head attention with q, k, v, out projections (the layout of the encoder's SelfAttention,
-    so weights copy over), queries from x and keys / values from `source` (x itself, or the memory)."""
-
-    def __init__(self, dim: int, n_heads: int, attention_dropout: float) -> None:
-        super().__init__()
-        self.n_heads = n_heads
-        self.head_dim = dim // n_heads
-        self.attention_dropout = attention_dropout
-        self.q_lin = nn.Linear(dim, dim)
-        self.k_lin = nn.Linear(dim, dim)
-        self.v_lin = nn.Linear(dim, dim)
-        self.out_lin = nn.Linear(dim, dim)
+class Attention(SelfAttention):
+    """The encoder's multi-head attention (same q, k, v, out projections, so weights copy over), with
+    queries from x and keys / values from x itself (causal, cached) or from the memory."""
 
     def heads(self, x: Tensor) -> Tensor:
         B, T, _ = x.shape
