@@ -119,3 +119,44 @@ def test_squad_reader_reads_xquad(shared_data):
         pytest.skip("no XQuAD in shared data")
     exs, skipped = read_squad(path, "zh", skip_misaligned=True)
     assert len(exs) == 1190 and skipped == 0
+
+
+def word_tokenizer(texts):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.WordPiece(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(
+        vocab_size=200, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], show_progress=False))
+    return tok
+
+
+def test_features_round_trip_to_the_answer_text_through_every_window():
+    """Logits peaked at each feature's target decode back to the gold answer's characters, whether the
+    answer is in the first window, in a later one, or cut by a window edge and whole in the next."""
+    from xlmkit.qa import qa_features
+
+    context = "Tom lives in Paris . " * 3 + "The capital of Kenya is Nairobi , a large city . " + "Cats sleep a lot . " * 4
+    start = context.index("Nairobi")
+    exs = [QAExample("k", "en", "What is the capital of Kenya ?", context, (("Nairobi", start),)),
+           QAExample("t", "en", "Who lives in Paris ?", context, (("Tom", 0),))]
+    tok = word_tokenizer([context, exs[0].question, exs[1].question])
+    feats, offsets = qa_features(tok, exs, first_id=2, last_id=2, max_len=24, stride=6)
+    assert len({f.example for f in feats}) == 2 and len(feats) > 4  # several windows per example
+    for f in feats:
+        assert len(f.ids) <= 24 and f.ids[0] == 2 and f.ids[f.context_start - 1] == 2 and f.ids[-1] == 2
+    for i, ex in enumerate(exs):
+        mine = [f for f in feats if f.example == i]
+        holding = [f for f in mine if f.target != (0, 0)]
+        assert holding, "some window holds the answer whole"
+        windows = []
+        for f in mine:
+            n = f.window[1] - f.window[0]
+            s, e = np.zeros(n), np.zeros(n)
+            if f.target != (0, 0):
+                s[f.target[0] - f.context_start] = 10.0
+                e[f.target[1] - f.context_start] = 10.0
+            windows.append((f.window[0], s, e))
+        assert decode_answer(ex.context, offsets[i], windows) == ex.answers[0][0]
+    k_windows = [f for f in feats if f.example == 0 and f.target != (0, 0)]
+    assert any(f.window[0] > 0 for f in k_windows)  # the Kenya answer sits in a later window

@@ -121,6 +121,51 @@ def window_target(span: tuple[int, int] | None, window: tuple[int, int]) -> tupl
     return span[0] - window[0], span[1] - window[0]
 
 
+@dataclass(frozen=True)
+class QAFeature:
+    """One window of one example as model input: `first q last last c_window last` (the pair framing
+    of pretraining's TLM and of fine-tuning's pair task: `</s> q </s> </s> c </s>` for XLM,
+    `<s> q </s> </s> c </s>` for XLM-R). target: (start, end) positions in ids of the answer, or
+    (0, 0) where the window does not hold it whole (BERT's "no answer here")."""
+
+    example: int  # index of its QAExample
+    ids: np.ndarray  # (L,) int64
+    context_start: int  # position in ids of the window's first context token
+    window: tuple[int, int]  # [start, stop) context tokens
+    target: tuple[int, int]
+
+
+def qa_features(tokenizer, examples: Sequence[QAExample], first_id: int, last_id: int, max_len: int = 384,
+                stride: int = 128, max_question_tokens: int = 64
+                ) -> tuple[list[QAFeature], list[list[tuple[int, int]]]]:
+    """Examples -> (features, each example's context token offsets). The question is cut to
+    max_question_tokens; the context is split into windows (window_spans) that fill max_len with the
+    question and the four framing tokens; consecutive windows overlap by `stride` tokens. A training
+    target is the first answer's tokens (answer_token_span); tokenizers' offsets locate them."""
+    questions = tokenizer.encode_batch([ex.question for ex in examples], add_special_tokens=False)
+    contexts = tokenizer.encode_batch([ex.context for ex in examples], add_special_tokens=False)
+    features, all_offsets = [], []
+    for i, (ex, q, c) in enumerate(zip(examples, questions, contexts)):
+        q_ids = q.ids[:max_question_tokens]
+        room = max_len - len(q_ids) - 4
+        if room < 1:
+            raise DataError(f"question {ex.qid}: max_len {max_len} leaves no room for context after the "
+                            f"question ({len(q_ids)} tokens)")
+        offsets = [tuple(o) for o in c.offsets]
+        all_offsets.append(offsets)
+        span = None
+        if ex.answers:
+            text, start = ex.answers[0]
+            span = answer_token_span(offsets, start, start + len(text))
+        head = [first_id, *q_ids, last_id, last_id]
+        for window in window_spans(len(c.ids), room, min(stride, room - 1)):
+            ids = np.array([*head, *c.ids[window[0]:window[1]], last_id], dtype=np.int64)
+            rel = window_target(span, window)
+            target = (0, 0) if rel is None else (rel[0] + len(head), rel[1] + len(head))
+            features.append(QAFeature(i, ids, len(head), window, target))
+    return features, all_offsets
+
+
 # ----------------------------------------------------------------------------------------------
 # Span decoding
 
@@ -166,7 +211,8 @@ def decode_answer(context: str, offsets: Sequence[tuple[int, int]],
             best = spans[0]
     if best is None:
         return ""
-    return context[offsets[best.start][0]:offsets[best.end][1]]
+    # a piece's offsets may take in the space before its word (Metaspace): the answer is the characters
+    return context[offsets[best.start][0]:offsets[best.end][1]].strip()
 
 
 # ----------------------------------------------------------------------------------------------
