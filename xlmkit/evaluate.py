@@ -5,12 +5,17 @@
 
 Data: a directory (every .jsonl / .tsv / .conllu / .conll file in it) or comma-separated files, in the
 formats of xlmkit.tasks. A file's split comes from its name (`train`, `dev` / `valid`, `test`, e.g.
-`en.train.jsonl`); a file whose name names no split is "unsplit".
+`en.train.jsonl`); a file whose name names no split is "unsplit". A directory of language folders
+(SIB-200's `eng_Latn/train.tsv`, UMSAB sentiment's `english/train_text.txt` + `train_labels.txt`) is
+read by xlmkit.benchmarks. Sets that publish train and dev only are tested on dev: --test-split dev.
+
+    xlmkit evaluate --model RUN --task classification --data ../shared/data/classification/sib-200 \
+        --train-lang en --test-split dev --out eval/sib
 
 Which examples train and which test:
 - The training language has a train file: train on it; dev = its dev file, else a deterministic
   --dev-fraction of the training examples (for early stopping and the best checkpoint). Every language
-  is tested on its test file, or on its unsplit file(s).
+  is tested on its test file (its dev file with --test-split dev), or on its unsplit file(s).
 - The training language has only test / unsplit data (UD PUD: one 1000-sentence test file per
   language): its sentence ids (CoNLL-U sent_id, JSONL "id", else the index) are split deterministically
   (seeded permutation): 1 - --train-fraction of them are held out for testing, the rest is train and
@@ -68,7 +73,12 @@ UNSPLIT = "unsplit"
 
 
 def read_split_data(spec, task: str) -> dict[str, dict[str, list[Example]]]:
-    """{split: {lang: examples}} with split in train / dev / test / unsplit."""
+    """{split: {lang: examples}} with split in train / dev / test / unsplit. A directory of language
+    folders (SIB-200, UMSAB sentiment: xlmkit.benchmarks) is read as its layout says."""
+    from xlmkit.benchmarks import is_language_folders, read_language_folders
+
+    if isinstance(spec, (str, Path)) and is_language_folders(spec):
+        return read_language_folders(spec, task)
     out: dict[str, dict[str, list[Example]]] = {}
     for f in list_task_files(spec):
         split = split_from_filename(f) or UNSPLIT
@@ -77,13 +87,13 @@ def read_split_data(spec, task: str) -> dict[str, dict[str, list[Example]]]:
     return out
 
 
-def _test_pool(data: dict[str, dict[str, list[Example]]], lang: str) -> list[Example]:
-    return data.get("test", {}).get(lang) or data.get(UNSPLIT, {}).get(lang) or []
+def _test_pool(data: dict[str, dict[str, list[Example]]], lang: str, split: str = "test") -> list[Example]:
+    return data.get(split, {}).get(lang) or data.get(UNSPLIT, {}).get(lang) or []
 
 
 def zero_shot_splits(data: dict[str, dict[str, list[Example]]], train_lang: str, train_fraction: float,
                      dev_fraction: float, seed: int, test_all: bool = False,
-                     langs: Sequence[str] | None = None) -> dict[str, Any]:
+                     langs: Sequence[str] | None = None, test_split: str = "test") -> dict[str, Any]:
     """{'train', 'dev', 'test': {lang: examples}, 'labels', 'protocol'} (see the module doc)."""
     all_langs = sorted({lang for split in data.values() for lang in split})
     if train_lang not in all_langs:
@@ -108,10 +118,11 @@ def zero_shot_splits(data: dict[str, dict[str, list[Example]]], train_lang: str,
             train_ids, dev_ids = split_uids([ex.uid for ex in train], (1 - dev_fraction, dev_fraction), seed)
             train, dev = select_uids(train, train_ids), select_uids(train, dev_ids)
         for lang in test_langs:
-            pool = _test_pool(data, lang)
+            pool = _test_pool(data, lang, test_split)
             if pool:
                 test[lang] = pool
-        protocol = "train file of the training language; every language tested on its test / unsplit file"
+        protocol = (f"train file of the training language; every language tested on its {test_split} / "
+                    f"unsplit file")
     else:
         pool = _test_pool(data, train_lang)
         labels = label_list(pool)
@@ -283,6 +294,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="share of the training examples kept as dev when there is no dev file (default 0.1)")
     parser.add_argument("--test-all", action="store_true",
                         help="test the other languages on all their examples, not only the held-out ids")
+    parser.add_argument("--test-split", default="test", choices=("test", "dev"),
+                        help="the split every language is tested on when the training language has a train "
+                             "file (default test; dev for sets that publish train and dev only, as SIB-200)")
     parser.add_argument("--per-class", action="store_true", help="also report per-class precision / recall / F1")
     parser.add_argument("--unknown-labels", default="error", choices=("error", "ignore"),
                         help="a test label unseen in training: error (default) or leave it out of the scores")
@@ -305,7 +319,7 @@ def run(args: argparse.Namespace) -> int:
 
         data = read_split_data(args.data, ftm.spec.task)
         all_langs = sorted({lang for split in data.values() for lang in split})
-        test = {lang: _test_pool(data, lang) for lang in all_langs if langs is None or lang in langs}
+        test = {lang: _test_pool(data, lang, args.test_split) for lang in all_langs if langs is None or lang in langs}
         test = {k: v for k, v in test.items() if v}
         import dataclasses
 
@@ -328,7 +342,7 @@ def run(args: argparse.Namespace) -> int:
         train_lang = canonical_lang(args.train_lang or ft.train_lang)
         data = read_split_data(args.data, ft.task)
         splits = zero_shot_splits(data, train_lang, args.train_fraction, args.dev_fraction, args.split_seed,
-                                  args.test_all, langs)
+                                  args.test_all, langs, args.test_split)
         labels, test, protocol = splits["labels"], splits["test"], splits["protocol"]
         print(f"[evaluate] {protocol}")
         print(f"[evaluate] train {train_lang}: {len(splits['train'])} examples, dev: {len(splits['dev'] or [])}; "
