@@ -101,3 +101,26 @@ def test_the_shared_benchmarks_read_as_published(shared_data):
     assert sorted(data["train"]) == ["ar", "de", "en", "es", "fr", "hi", "it", "pt"]
     assert {len(v) for v in data["train"].values()} == {1839} and {len(v) for v in data["dev"].values()} == {324}
     assert {e.label for e in data["train"]["de"]} == {"0", "1", "2"}
+
+
+def test_xnli_style_protocol_trains_on_english_dev(tiny_random_run, tmp_path):
+    """Train on en.dev; test en and de on their test files, zh (dev only) on its dev file."""
+    from xlmkit.synthetic import sentence
+
+    rng = np.random.default_rng(0)
+    d = tmp_path / "xnli"
+    d.mkdir()
+    for name, lang, n in (("en.dev", "en", 40), ("en.test", "en", 10), ("de.test", "de", 8), ("zh.dev", "zh", 6)):
+        lines = ["genre\tlabel\tpremise\thypothesis"]
+        for i in range(n):
+            a, b = sentence(rng), sentence(rng)
+            src = "en" if lang == "zh" else lang  # the grammar has no Chinese: any text will do
+            lines.append(f"g\t{'entailment' if i % 2 else 'neutral'}\t{a[src]}\t{b[src]}")
+        (d / f"{name}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "eval"
+    rc = main(["evaluate", "--model", str(tiny_random_run), "--task", "pair", "--data", str(d), "--train-split", "dev",
+               "--unknown-lang-id", "en", "--out", str(out), "--set", "finetune.epochs=1"])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert {lang: r["n"] for lang, r in res["languages"].items()} == {"en": 10, "de": 8, "zh": 6}
+    assert res["finetune"]["train_examples"] + res["finetune"]["dev_examples"] == 40

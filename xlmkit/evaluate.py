@@ -7,7 +7,8 @@ Data: a directory (every .jsonl / .tsv / .conllu / .conll file in it) or comma-s
 formats of xlmkit.tasks. A file's split comes from its name (`train`, `dev` / `valid`, `test`, e.g.
 `en.train.jsonl`); a file whose name names no split is "unsplit". A directory of language folders
 (SIB-200's `eng_Latn/train.tsv`, UMSAB sentiment's `english/train_text.txt` + `train_labels.txt`) is
-read by xlmkit.benchmarks. Sets that publish train and dev only are tested on dev: --test-split dev.
+read by xlmkit.benchmarks. Sets that publish train and dev only are tested on dev: --test-split dev;
+sets without training data train on the training language's dev file: --train-split dev (XNLI).
 
     xlmkit evaluate --model RUN --task classification --data ../shared/data/classification/sib-200 \
         --train-lang en --test-split dev --out eval/sib
@@ -93,7 +94,8 @@ def _test_pool(data: dict[str, dict[str, list[Example]]], lang: str, split: str 
 
 def zero_shot_splits(data: dict[str, dict[str, list[Example]]], train_lang: str, train_fraction: float,
                      dev_fraction: float, seed: int, test_all: bool = False,
-                     langs: Sequence[str] | None = None, test_split: str = "test") -> dict[str, Any]:
+                     langs: Sequence[str] | None = None, test_split: str = "test",
+                     train_split: str = "train") -> dict[str, Any]:
     """{'train', 'dev', 'test': {lang: examples}, 'labels', 'protocol'} (see the module doc)."""
     all_langs = sorted({lang for split in data.values() for lang in split})
     if train_lang not in all_langs:
@@ -110,19 +112,21 @@ def zero_shot_splits(data: dict[str, dict[str, list[Example]]], train_lang: str,
         raise DataError(f"--dev-fraction must be in [0, 1), got {dev_fraction}")
 
     test: dict[str, list[Example]] = {}
-    if data.get("train", {}).get(train_lang):
-        train = data["train"][train_lang]
+    if data.get(train_split, {}).get(train_lang):
+        train = data[train_split][train_lang]
         labels = label_list(train)
-        dev = data.get("dev", {}).get(train_lang)
+        dev = data.get("dev", {}).get(train_lang) if train_split != "dev" else None
         if dev is None and dev_fraction > 0:
             train_ids, dev_ids = split_uids([ex.uid for ex in train], (1 - dev_fraction, dev_fraction), seed)
             train, dev = select_uids(train, train_ids), select_uids(train, dev_ids)
         for lang in test_langs:
             pool = _test_pool(data, lang, test_split)
+            if not pool and train_split == "dev" and lang != train_lang:
+                pool = data.get("dev", {}).get(lang) or []  # XNLI-style sets: a language with dev only
             if pool:
                 test[lang] = pool
-        protocol = (f"train file of the training language; every language tested on its {test_split} / "
-                    f"unsplit file")
+        protocol = (f"{train_split} file of the training language; every language tested on its {test_split}"
+                    + (" (else dev)" if train_split == "dev" else "") + " / unsplit file")
     else:
         pool = _test_pool(data, train_lang)
         labels = label_list(pool)
@@ -294,6 +298,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="share of the training examples kept as dev when there is no dev file (default 0.1)")
     parser.add_argument("--test-all", action="store_true",
                         help="test the other languages on all their examples, not only the held-out ids")
+    parser.add_argument("--train-split", default="train", choices=("train", "dev"),
+                        help="the training language's split to fine-tune on (default train; dev for sets without "
+                             "training data, as XNLI's en.dev: then other languages without a test file are "
+                             "tested on their dev file)")
     parser.add_argument("--test-split", default="test", choices=("test", "dev"),
                         help="the split every language is tested on when the training language has a train "
                              "file (default test; dev for sets that publish train and dev only, as SIB-200)")
@@ -342,7 +350,7 @@ def run(args: argparse.Namespace) -> int:
         train_lang = canonical_lang(args.train_lang or ft.train_lang)
         data = read_split_data(args.data, ft.task)
         splits = zero_shot_splits(data, train_lang, args.train_fraction, args.dev_fraction, args.split_seed,
-                                  args.test_all, langs, args.test_split)
+                                  args.test_all, langs, args.test_split, args.train_split)
         labels, test, protocol = splits["labels"], splits["test"], splits["protocol"]
         print(f"[evaluate] {protocol}")
         print(f"[evaluate] train {train_lang}: {len(splits['train'])} examples, dev: {len(splits['dev'] or [])}; "
