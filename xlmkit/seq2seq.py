@@ -145,8 +145,8 @@ def denoising_batch(seqs: Sequence[np.ndarray], lang: int, cfg: NoiseConfig, bla
 
 def seq2seq_loss_sum(model, batch: Seq2SeqBatch) -> Tensor:
     """Summed cross-entropy of the targets (fp32 scalar). The output layer runs at the target rows
-    only, through the fused output-layer loss of pretraining (xlmkit.train.output_loss_sum)."""
-    from xlmkit.train import output_loss_sum
+    only, through the fused output-layer loss of pretraining (xlmkit.ops.output_loss_sum)."""
+    from xlmkit.ops import output_loss_sum
 
     memory, memory_mask = model.encode(batch.src_ids, batch.src_langs, batch.src_mask)
     h = model.decoder(model.token_weight, batch.tgt_ids, batch.tgt_langs, memory, memory_mask)  # (B, T, D)
