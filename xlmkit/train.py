@@ -294,14 +294,27 @@ def prepare_run_dir(out_dir: Path, cfg: Config, data, vocab: dict, resume: bool,
     """Check the run directory against `resume`; write config.json, vocab.json, tokenizer.json (rank 0).
     Returns the checkpoint to resume from, or None for a fresh run."""
     from xlmkit.checkpoint import (clean_checkpoints, config_differences, latest_checkpoint, read_state,
-                                   write_run_files)
+                                   resumable_checkpoint, write_run_files)
     from xlmkit.metrics import METRICS_FILE, truncate_metrics
-    from xlmkit.runtime import barrier
+    from xlmkit.runtime import barrier, broadcast_object
 
     if dist.is_main:
         clean_checkpoints(out_dir)
     barrier(dist)
-    ckpt = latest_checkpoint(out_dir)
+    if resume:  # the newest checkpoint that verifies; damaged newer ones are reported and moved aside
+        found = (None, None)  # (checkpoint, error), as rank 0 finds them
+        if dist.is_main:
+            try:
+                p = resumable_checkpoint(out_dir)
+                found = (str(p) if p is not None else None, None)
+            except XlmkitError as e:
+                found = (None, str(e))
+        found = broadcast_object(found, dist)
+        if found[1] is not None:
+            raise XlmkitError(found[1])
+        ckpt = Path(found[0]) if found[0] is not None else None
+    else:
+        ckpt = latest_checkpoint(out_dir)
     if resume:
         if ckpt is None:
             raise XlmkitError(f"{out_dir}: no checkpoint to resume from; run without --resume to start")
@@ -392,7 +405,8 @@ def pretrain(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: boo
     eval_sets = build_eval_sets(data, tcfg)
     step, elapsed_before, last_valid = 0, 0.0, {}
     if resume_from is not None:
-        state = load_checkpoint(resume_from, encoder, optimizer, scheduler, device=device, dist=dist)
+        state = load_checkpoint(resume_from, encoder, optimizer, scheduler, device=device, dist=dist,
+                                verify=False)  # verified by prepare_run_dir
         sampler.load_state_dict(state["sampler"])
         step = int(state["step"])
         elapsed_before = float(state["metrics"].get("elapsed_s", 0.0))
