@@ -51,7 +51,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from xlmkit.config import Config, config_from_dict, config_to_dict
-from xlmkit.errors import XlmkitError
+from xlmkit.errors import XlmkitError, reading
 from xlmkit.integrity import check_file, check_safetensors, checkpoint_problem, file_record
 from xlmkit.runtime import DistInfo, all_gather_tensor, is_sharded, unwrap_model
 
@@ -368,7 +368,8 @@ def read_state(path: str | Path) -> dict:
     if not f.is_file():
         raise XlmkitError(f"{path}: not a checkpoint (no {STATE_FILE})")
     try:
-        state = json.loads(f.read_bytes().decode("utf-8"))
+        with reading(f):
+            state = json.loads(f.read_bytes().decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise XlmkitError(f"{f}: damaged checkpoint state (not valid JSON: {e})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:

@@ -726,7 +726,11 @@ def run(args: argparse.Namespace) -> int:
         args.overrides = [*args.overrides, f"finetune.task={args.task}"]
     loaded, ft = load_pretrained(args)
     train_examples = read_task_files(args.train, ft.task)
+    if not train_examples:
+        raise DataError(f"{args.train}: no training examples (empty file?)")
     dev_examples = read_task_files(args.dev, ft.task) if args.dev else None
+    if dev_examples is not None and not dev_examples:
+        raise DataError(f"{args.dev}: no dev examples (empty file?)")
     for lang, exs in group_by_lang(train_examples).items():
         print(f"[finetune] train {lang}: {len(exs)} examples")
     unknown = resolve_unknown_lang_id(args.unknown_lang_id, loaded.vocab, loaded.model)

@@ -45,8 +45,11 @@ def check_file(path: Path, record: dict | None, full: bool = True) -> str | None
     if isinstance(expected, int) and size != expected:
         how = "cut short" if size < expected else "longer than written"
         return f"{how}: {size:,} of {expected:,} bytes"
-    if full and isinstance(record.get("sha256"), str) and file_sha256(path) != record["sha256"]:
-        return "content hash differs from the one recorded when it was written (damaged)"
+    try:
+        if full and isinstance(record.get("sha256"), str) and file_sha256(path) != record["sha256"]:
+            return "content hash differs from the one recorded when it was written (damaged)"
+    except OSError as e:
+        return f"unreadable ({e.strerror or e})"
     return None
 
 
@@ -67,6 +70,8 @@ def check_safetensors(path: Path) -> str | None:
         return "missing"
     except (ValueError, UnicodeDecodeError):
         return "not a safetensors file (unreadable header)"
+    except OSError as e:
+        return f"unreadable ({e.strerror or e})"
     if not isinstance(header, dict):
         return "not a safetensors file (unreadable header)"
     end = 0
@@ -88,6 +93,8 @@ def read_json_file(path: Path) -> tuple[dict | None, str | None]:
         data = json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         return None, "missing"
+    except OSError as e:
+        return None, f"unreadable ({e.strerror or e})"
     except UnicodeDecodeError:
         return None, "not valid UTF-8"
     except ValueError as e:

@@ -44,7 +44,7 @@ from typing import Sequence
 
 import numpy as np
 
-from xlmkit.errors import DataError, XlmkitError
+from xlmkit.errors import DataError, XlmkitError, reading
 from xlmkit.langs import canonical_lang
 
 # ----------------------------------------------------------------------------------------------
@@ -141,10 +141,13 @@ def read_lines(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"no such file: {path}")
+    with reading(path):
+        raw = path.read_bytes()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 ({e})") from None
+        line = raw[:e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: invalid UTF-8 ({e.reason}, byte {e.start} of the file)") from None
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()

@@ -441,6 +441,10 @@ def pretrain(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: boo
             batches = sampler.next_batches()
             step_loss = 0.0
             for i, batch in enumerate(batches):
+                if batch.input_ids.numel() and int(batch.input_ids.max()) >= cfg.model.vocab_size:
+                    raise XlmkitError(f"{data.manifest_path}: a {batch.task} batch holds token id "
+                                      f"{int(batch.input_ids.max())} >= vocab_size {cfg.model.vocab_size}; the "
+                                      f"data is damaged (check it with `xlmkit info --verify {data.root}`)")
                 loss = train_on_batch(model, batch, tcfg, device, dist, sync=i == len(batches) - 1)
                 if not math.isfinite(loss):
                     raise XlmkitError(f"the {batch.objective} loss on {batch.task} is {loss} at step {step + 1}; "
