@@ -151,6 +151,21 @@ def test_resume_refuses_in_one_line_when_no_checkpoint_verifies(crashed, tiny_pr
     assert "no checkpoint verifies, cannot resume" in err and "step_00000002: model.safetensors: cut short" in err
 
 
+def test_checkpoints_written_before_hashes_get_structural_checks(crashed, tmp_path):
+    from xlmkit.integrity import checkpoint_problem
+
+    run = copy_run(crashed, tmp_path)
+    for step in (4, 6):
+        state_file = step_dir(run, step) / "state.json"
+        state = json.loads(state_file.read_text())
+        del state["files"]
+        state_file.write_text(json.dumps(state))
+    cut(step_dir(run, 6) / "optimizer.safetensors")
+    assert checkpoint_problem(step_dir(run, 4)) is None
+    assert checkpoint_problem(step_dir(run, 6)).startswith("optimizer.safetensors: cut short or damaged")
+    load_checkpoint(step_dir(run, 4), load_model(run, which="latest").model)  # still loads
+
+
 def test_load_model_falls_back_from_a_damaged_best(crashed, tmp_path, capsys):
     run = copy_run(crashed, tmp_path)
     shutil.copytree(step_dir(run, 4), run / CHECKPOINTS / "best")
@@ -432,6 +447,48 @@ def import_truncated_weights(ctx):
     return ["import", str(hf), str(ctx["tmp"] / "imported")], hf / "model.safetensors"
 
 
+@case
+def evaluate_conllu_not_utf8(ctx):
+    d = ctx["tmp"] / "ud"
+    d.mkdir()
+    f = d / "en_pud-ud-test.conllu"
+    f.write_bytes(b"# sent_id = 1\n1\tcat\t_\tNOUN\t_\t_\t0\troot\t_\t_\n2\tcaf\xe9\t_\tNOUN\t_\t_\t0\troot\t_\t_\n\n")
+    return ["evaluate", "--model", str(ctx["random_run"]), "--task", "token", "--data", str(d), "--train-lang", "en",
+            "--out", str(ctx["tmp"] / "ev")], f"{f}:3"
+
+
+@case
+def retrieve_not_utf8(ctx):
+    d = ctx["tmp"] / "tatoeba"
+    d.mkdir()
+    (d / "tatoeba.fra-eng.eng").write_text("a cat\nthe dog\n")
+    f = d / "tatoeba.fra-eng.fra"
+    f.write_bytes(b"un chat\ncaf\xe9\n")
+    return ["retrieve", "--model", str(ctx["random_run"]), "--data", str(d), "--out", str(ctx["tmp"] / "rt")], f"{f}:2"
+
+
+@case
+def train_tokenizer_unreadable(ctx):
+    f = _eio_file(ctx["tmp"], "fr.txt")
+    return ["train-tokenizer", "--mono", f"fr={f}", "--out", str(ctx["tmp"] / "tk")], f
+
+
+@case
+def export_cut_checkpoint(ctx):
+    run = ctx["run"]
+    cut(step_dir(run, 6) / "model.safetensors")
+    for step in (2, 4):
+        shutil.rmtree(step_dir(run, step))
+    return ["export", str(run), str(ctx["tmp"] / "hf")], step_dir(run, 6)
+
+
+@case
+def info_run_config_not_json(ctx):
+    run = ctx["run"]
+    (run / "config.json").write_text('{"preset": ')
+    return ["info", str(run)], run / "config.json"
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_gives_one_line_naming_the_file(name, tiny_prepared, crashed, tiny_random_run, tmp_path, capsys):
     data = tmp_path / "data"
@@ -439,14 +496,14 @@ def test_bad_input_gives_one_line_naming_the_file(name, tiny_prepared, crashed, 
     text = tmp_path / "sents.txt"
     text.write_text("a cat\nthe dog\n")
     ctx = {"data": data, "prepared": tiny_prepared, "tmp": tmp_path, "random_run": tiny_random_run,
-           "run": copy_run(crashed, tmp_path) if name.startswith("checkpoint") else None, "text": text}
+           "run": copy_run(crashed, tmp_path) if name.startswith(("checkpoint", "export", "info_run")) else None, "text": text}
     argv, names = CASES[name](ctx)
     capsys.readouterr()
     rc = main(argv)
     err = capsys.readouterr().err
     assert rc == 2, err
     assert "Traceback" not in err
-    lines = err.strip("\n").split("\n")
+    lines = err.rsplit("\r", 1)[-1].strip("\n").split("\n")  # after a progress bar that cleared itself
     assert len(lines) == 1 and lines[0].startswith(f"xlmkit {argv[0]}: error: "), err
     assert str(names) in lines[0], lines[0]
 

@@ -567,8 +567,8 @@ def weights_problem(ckpt: Path) -> str | None:
     """None when the checkpoint's state.json and model.safetensors verify (size and sha256 recorded at
     writing; structure only for checkpoints written before hashes), else why not."""
     why = checkpoint_problem(ckpt, full=False)  # state.json readable and of the right format
-    if why is not None and not why.startswith(MODEL_FILE):
-        return why
+    if why is not None and why.startswith(STATE_FILE):
+        return why  # the optimizer's files do not matter here
     state = json.loads((ckpt / STATE_FILE).read_bytes().decode("utf-8"))
     record = (state.get("files") or {}).get(MODEL_FILE)
     why = check_file(ckpt / MODEL_FILE, record, full=True)
