@@ -489,6 +489,15 @@ def info_run_config_not_json(ctx):
     return ["info", str(run)], run / "config.json"
 
 
+@case
+def run_tokenizer_damaged(ctx):
+    run = ctx["tmp"] / "model"
+    shutil.copytree(ctx["random_run"], run)
+    (run / "tokenizer.json").write_text('{"version": "1.0", "model": ')
+    return ["embed", "--model", str(run), "--input", str(ctx["text"]), "--lang", "en",
+            "--out", str(ctx["tmp"] / "e.npy")], run / "tokenizer.json"
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_gives_one_line_naming_the_file(name, tiny_prepared, crashed, tiny_random_run, tmp_path, capsys):
     data = tmp_path / "data"

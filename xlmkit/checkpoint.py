@@ -612,7 +612,11 @@ def load_model(path: str | Path, which: str = "best", device: str | torch.device
     vocab = state.get("vocab")
     run_vocab = ckpt.parent.parent / "vocab.json"
     if vocab is None and run_vocab.is_file():
-        vocab = json.loads(run_vocab.read_text(encoding="utf-8"))
+        try:
+            with reading(run_vocab):
+                vocab = json.loads(run_vocab.read_bytes().decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise XlmkitError(f"{run_vocab}: not valid JSON ({e})") from None
     return LoadedModel(model=model, config=cfg, vocab=vocab or {}, tokenizer_path=_find_tokenizer(ckpt, state),
                        path=ckpt)
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from xlmkit.errors import DataError, reading
-from xlmkit.integrity import check_file, file_record
+from xlmkit.integrity import check_file, file_record, open_tokenizer
 
 FORMAT = "xlmkit-data"
 FORMAT_VERSION = 1
@@ -264,6 +264,4 @@ class PreparedData:
 
     @cached_property
     def tokenizer(self):
-        from tokenizers import Tokenizer
-
-        return Tokenizer.from_file(str(self.root / "tokenizer.json"))
+        return open_tokenizer(self.root / "tokenizer.json")

@@ -62,6 +62,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xlmkit.config import Config, ConfigError, FinetuneConfig, config_from_dict, config_to_dict, load_config, parse_overrides
+from xlmkit.integrity import open_tokenizer
 from xlmkit.errors import DataError, XlmkitError
 from xlmkit.langs import canonical_lang
 from xlmkit.retrieval import sentence_format
@@ -449,7 +450,6 @@ def is_finetuned_dir(path: str | Path) -> bool:
 
 def load_finetuned(path: str | Path, which: str = "best", device: str | torch.device = "cpu") -> LoadedTaskModel:
     from safetensors.torch import load_file
-    from tokenizers import Tokenizer
 
     from xlmkit.checkpoint import load_model
 
@@ -465,7 +465,7 @@ def load_finetuned(path: str | Path, which: str = "best", device: str | torch.de
     head = {k[len("head."):]: v for k, v in load_file(str(head_file)).items()}
     model.head.load_state_dict(head)
     model.to(device).eval()
-    return LoadedTaskModel(model, spec, loaded.config, loaded.vocab, Tokenizer.from_file(str(loaded.tokenizer_path)),
+    return LoadedTaskModel(model, spec, loaded.config, loaded.vocab, open_tokenizer(loaded.tokenizer_path),
                            loaded.path)
 
 
@@ -500,8 +500,6 @@ def finetune(
 ) -> FinetuneResult:
     """Fine-tune `loaded.model` with a new head on the examples; keep the best dev weights. Writes the
     fine-tuned model directory when out_dir is given."""
-    from tokenizers import Tokenizer
-
     from xlmkit.runtime import autocast, pick_device, seed_everything
 
     t0 = time.time()
@@ -521,7 +519,7 @@ def finetune(
     spec = TaskSpec(task=ft.task, labels=labels, pooling=pooling, use_langs=use_langs,
                     max_len=min(ft.max_len, encoder_model.cfg.max_positions), base_model=str(loaded.path),
                     unknown_lang_id=unknown_lang_id)
-    tokenizer = Tokenizer.from_file(str(loaded.tokenizer_path))
+    tokenizer = open_tokenizer(loaded.tokenizer_path)
     enc = TaskEncoder(tokenizer, loaded.vocab, spec, encoder_model)
     train_data, train_stats = enc.encode(train_examples)
     log(f"[finetune] {train_stats.describe('train')}")

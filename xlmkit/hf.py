@@ -58,6 +58,7 @@ import json
 import re
 from pathlib import Path
 
+from xlmkit.integrity import open_tokenizer
 from xlmkit.errors import XlmkitError
 
 FORMATS = ("xlm", "xlmr")
@@ -284,11 +285,11 @@ def export_tokenizer(tokenizer_path: Path, out_dir: Path, ids: dict[str, int], w
     A tokenizer without post-processor gets the framing the model saw in xlmkit (vocab.json
     `sentence_wrap`): "xlm" `</s> A </s>` (pair `</s> A </s> </s> B </s>`), as in XLM's pretraining
     streams, or "roberta" `<s> A </s>` (pair `<s> A </s> </s> B </s>`)."""
-    from tokenizers import Tokenizer, processors
+    from tokenizers import processors
 
     if wrap not in WRAPS:
         raise XlmkitError(f"unknown sentence_wrap {wrap!r} in vocab.json (expected xlm or roberta)")
-    tok = Tokenizer.from_file(str(tokenizer_path))
+    tok = open_tokenizer(tokenizer_path)
     strings = _special_token_strings(tok, ids)
     _mark_special(tok, list(strings.values()))
     first_role = "eos" if wrap == "xlm" else "bos"
@@ -579,7 +580,7 @@ def _tokenizer_from_hf_dir(hf_dir: Path):
     from tokenizers import Tokenizer
 
     if (hf_dir / "tokenizer.json").is_file():
-        return Tokenizer.from_file(str(hf_dir / "tokenizer.json"))
+        return open_tokenizer(hf_dir / "tokenizer.json")
     slow_files = [f for f in SLOW_TOKENIZER_FILES if (hf_dir / f).is_file()]
     if not slow_files:
         # transformers would build a placeholder tokenizer of five specials without complaint

@@ -138,3 +138,18 @@ def checkpoint_problem(path: str | Path, full: bool = True, need_optimizer: bool
         if why is not None:
             return f"{name}: {why}"
     return None
+
+
+def open_tokenizer(path: str | Path):
+    """tokenizers.Tokenizer.from_file with a one-line error naming the file when it is damaged."""
+    from tokenizers import Tokenizer
+
+    from xlmkit.errors import DataError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: tokenizer file not found")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises a bare Exception for a damaged file
+        raise DataError(f"{path}: not a readable tokenizer file ({' '.join(str(e).split())})") from None

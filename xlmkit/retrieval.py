@@ -44,6 +44,7 @@ from typing import Sequence
 
 import numpy as np
 
+from xlmkit.integrity import open_tokenizer
 from xlmkit.errors import DataError, XlmkitError, reading
 from xlmkit.langs import canonical_lang
 
@@ -256,7 +257,6 @@ def load_encoder(model_path: str | Path, which: str = "best", device: str = "aut
     """Load a run (or checkpoint) for embedding -> (Encoder, info for reports). With random_init the
     weights are replaced by a fresh initialisation (seeded) of the same model."""
     import torch
-    from tokenizers import Tokenizer
 
     from xlmkit.checkpoint import load_model, read_state
     from xlmkit.runtime import pick_device
@@ -270,7 +270,7 @@ def load_encoder(model_path: str | Path, which: str = "best", device: str = "aut
     model.to(dev).eval()
     if not loaded.tokenizer_path.is_file():
         raise XlmkitError(f"{model_path}: tokenizer not found (looked for {loaded.tokenizer_path})")
-    tokenizer = Tokenizer.from_file(str(loaded.tokenizer_path))
+    tokenizer = open_tokenizer(loaded.tokenizer_path)
     n_hidden = loaded.config.model.n_layers + 1
     if not -n_hidden <= layer < n_hidden:
         raise XlmkitError(f"--layer must be in [{-n_hidden}, {n_hidden - 1}] (0 = embeddings, "
