@@ -234,6 +234,13 @@ def test_damaged_shards_are_refused_when_opened(data, damage, message):
     assert str(data) in str(e.value)
 
 
+def test_training_stops_in_one_line_on_an_id_the_sample_missed(data, tmp_path, monkeypatch):
+    edit_manifest(data, lambda m: (m.update(vocab_size=40), m["tokenizer"].update(vocab_size=40)))
+    monkeypatch.setattr(PreparedData, "_check_shard", lambda *a, **k: None)  # as if the sample missed it
+    with pytest.raises(XlmkitError, match=r"token id \d+ >= vocab_size 40; the data is damaged"):
+        pretrain(load_config("tiny", ["train.max_steps=2"]), data, tmp_path / "r")
+
+
 def test_info_verify_finds_a_damaged_byte(data, capsys):
     flip_byte(data / "para" / "en-fr.train.fr.ids.bin", at=10)
     assert main(["info", str(data)]) == 0  # the cheap checks do not read the whole shard

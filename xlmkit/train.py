@@ -275,6 +275,15 @@ def evaluate(loss_model: nn.Module, eval_sets: dict[str, list], cfg: TrainConfig
     return out
 
 
+def check_ids(batch, data, vocab_size: int) -> None:
+    """A one-line error instead of an IndexError deep in the embedding when the data holds an id the
+    sampled check of PreparedData missed (a damaged shard or manifest)."""
+    if batch.input_ids.numel() and int(batch.input_ids.max()) >= vocab_size:
+        raise XlmkitError(f"{data.manifest_path}: a {batch.task} batch holds token id {int(batch.input_ids.max())} "
+                          f">= vocab_size {vocab_size}; the data is damaged (check it with "
+                          f"`xlmkit info --verify {data.root}`)")
+
+
 def build_eval_sets(data, cfg: TrainConfig) -> dict[str, list]:
     """Fixed validation batches (the same at every evaluation): MLM for every language with
     monolingual validation text, TLM for every pair with parallel validation text."""
@@ -403,6 +412,8 @@ def pretrain(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: boo
     scheduler = build_scheduler(optimizer, tcfg)
     sampler = PretrainSampler(data, tcfg, seed=tcfg.seed, rank=dist.rank, world_size=dist.world_size)
     eval_sets = build_eval_sets(data, tcfg)
+    for batch in (b for batches in eval_sets.values() for b in batches):
+        check_ids(batch, data, cfg.model.vocab_size)
     step, elapsed_before, last_valid = 0, 0.0, {}
     if resume_from is not None:
         state = load_checkpoint(resume_from, encoder, optimizer, scheduler, device=device, dist=dist,
@@ -441,10 +452,7 @@ def pretrain(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: boo
             batches = sampler.next_batches()
             step_loss = 0.0
             for i, batch in enumerate(batches):
-                if batch.input_ids.numel() and int(batch.input_ids.max()) >= cfg.model.vocab_size:
-                    raise XlmkitError(f"{data.manifest_path}: a {batch.task} batch holds token id "
-                                      f"{int(batch.input_ids.max())} >= vocab_size {cfg.model.vocab_size}; the "
-                                      f"data is damaged (check it with `xlmkit info --verify {data.root}`)")
+                check_ids(batch, data, cfg.model.vocab_size)
                 loss = train_on_batch(model, batch, tcfg, device, dist, sync=i == len(batches) - 1)
                 if not math.isfinite(loss):
                     raise XlmkitError(f"the {batch.objective} loss on {batch.task} is {loss} at step {step + 1}; "
