@@ -114,6 +114,9 @@ def test_resume_falls_back_to_the_newest_checkpoint_that_verifies_bit_exactly(
         crashed, straight, tiny_prepared, tmp_path, capsys):
     run = copy_run(crashed, tmp_path)
     flip_byte(step_dir(run, 6) / "model.safetensors")  # same size: only the hash sees it
+    assert main(["info", str(run)]) == 0 and "step_00000006: ok" in capsys.readouterr().out  # sizes only
+    assert main(["info", "--verify", str(run)]) == 0
+    assert "step_00000006: damaged: model.safetensors: content hash differs" in capsys.readouterr().out
     with pytest.raises(XlmkitError, match="damaged checkpoint: model.safetensors: content hash"):
         load_checkpoint(step_dir(run, 6), load_model(crashed, which="latest").model)
     capsys.readouterr()
