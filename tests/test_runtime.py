@@ -69,5 +69,5 @@ def test_pretrain_resolves_auto_once_and_writes_the_result(tiny_prepared, tmp_pa
     pretrain(cfg, tiny_prepared, tmp_path / "run")
     expected, line = resolve_precision("auto", detect_hardware("cpu"))
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["precision"] == expected
-    err = capsys.readouterr().err
-    assert err.count("precision auto -> ") == 1 and f"[pretrain] {line}" in err
+    out = capsys.readouterr().out
+    assert out.count("precision auto -> ") == 1 and f"[pretrain] {line}\n" in out

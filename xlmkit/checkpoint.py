@@ -7,12 +7,16 @@ Layout inside a run directory:
                                      rng.safetensors        torch RNG states (uint8), "torch_cpu.rank{r}", "torch_cuda.rank{r}"
                                      state.json             step, optimizer structure (param groups, non-tensor
                                                             state), scheduler, sampler, python / numpy RNG,
-                                                            resolved config, vocab, tokenizer reference, metrics
+                                                            resolved config, vocab, tokenizer reference, metrics,
+                                                            and the size and sha256 of every other file ("files")
     RUN/checkpoints/best/            model.safetensors + state.json (lowest mean validation perplexity)
 
 Every checkpoint is written into a temporary directory beside its final place (`.tmp-…`), each file
 fsynced, then renamed into place, so a process killed while writing leaves the previous checkpoint
-intact; leftovers are ignored by every reader and removed by `clean_checkpoints`. Replacing an existing
+intact; leftovers are ignored by every reader and removed by `clean_checkpoints`. state.json, written
+last, records each file's size and sha256 (xlmkit.integrity); loading verifies them, and `--resume`
+walks back from the newest step checkpoint to the newest one that verifies (`resumable_checkpoint`),
+moving the damaged ones aside to `.damaged-step_…`. Replacing an existing
 directory (best/) renames the old one to `.old-…` first; if a crash falls between the two renames,
 `clean_checkpoints` (and `load_model`) put the old one back.
 
@@ -47,7 +51,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from xlmkit.config import Config, config_from_dict, config_to_dict
-from xlmkit.errors import XlmkitError
+from xlmkit.errors import XlmkitError, reading
+from xlmkit.integrity import check_file, check_safetensors, checkpoint_problem, file_record
 from xlmkit.runtime import DistInfo, all_gather_tensor, is_sharded, unwrap_model
 
 FORMAT = "xlmkit-checkpoint"
@@ -60,6 +65,7 @@ RNG_FILE = "rng.safetensors"
 STATE_FILE = "state.json"
 TMP_PREFIX = ".tmp-"
 OLD_PREFIX = ".old-"
+DAMAGED_PREFIX = ".damaged-"
 _STEP_RE = re.compile(r"^step_(\d+)$")
 
 
@@ -344,10 +350,13 @@ def save_checkpoint(
         state["rng"] = rng_meta
 
     def write_files(tmp: Path) -> None:
-        write_tensors(weights, tmp / MODEL_FILE)
+        written = [(weights, MODEL_FILE)]
         if optimizer is not None:
-            write_tensors(opt_tensors, tmp / OPTIMIZER_FILE)
-            write_tensors(rng_tensors, tmp / RNG_FILE)
+            written += [(opt_tensors, OPTIMIZER_FILE), (rng_tensors, RNG_FILE)]
+        for tensors, name in written:
+            write_tensors(tensors, tmp / name)
+        # size + sha256 of each file, read back from the disk: what loading will compare against
+        state["files"] = {name: file_record(tmp / name) for _, name in written}
         write_json(state, tmp / STATE_FILE)  # last: a directory with state.json is complete
 
     return atomic_write_dir(path, write_files)
@@ -358,12 +367,33 @@ def read_state(path: str | Path) -> dict:
     f = Path(path) / STATE_FILE
     if not f.is_file():
         raise XlmkitError(f"{path}: not a checkpoint (no {STATE_FILE})")
-    state = json.loads(f.read_text(encoding="utf-8"))
-    if state.get("format") != FORMAT:
+    try:
+        with reading(f):
+            state = json.loads(f.read_bytes().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise XlmkitError(f"{f}: damaged checkpoint state (not valid JSON: {e})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise XlmkitError(f"{f}: not an {FORMAT} state file")
     if state.get("version", 0) > FORMAT_VERSION:
         raise XlmkitError(f"{f}: checkpoint format v{state['version']} is newer than this xlmkit (v{FORMAT_VERSION})")
     return state
+
+
+def verify_checkpoint(path: str | Path, need_optimizer: bool = False) -> None:
+    """Raise XlmkitError naming the checkpoint and what is wrong unless every file verifies."""
+    why = checkpoint_problem(path, full=True, need_optimizer=need_optimizer)
+    if why is not None:
+        raise XlmkitError(f"{path}: damaged checkpoint: {why}" if "weights only" not in why else f"{path}: {why}")
+
+
+def read_tensors(f: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """load_file with a one-line error naming the file when it is not readable safetensors."""
+    try:
+        return load_file(str(f), device=device)
+    except OSError:
+        raise
+    except Exception as e:  # SafetensorError and friends: a damaged file
+        raise XlmkitError(f"{f}: not a readable safetensors file ({type(e).__name__}: {e})") from None
 
 
 def load_weights(model: nn.Module, path: str | Path, device: str | torch.device = "cpu") -> None:
@@ -374,7 +404,7 @@ def load_weights(model: nn.Module, path: str | Path, device: str | torch.device 
     if is_sharded(target):
         missing, unexpected = _load_sharded_weights(target, f)
     else:
-        missing, unexpected = target.load_state_dict(load_file(str(f), device=str(device)), strict=False)
+        missing, unexpected = target.load_state_dict(read_tensors(f, str(device)), strict=False)
     if missing or unexpected:
         raise XlmkitError(f"{f}: weights do not fit the model: missing {sorted(missing)[:5]}, "
                           f"unexpected {sorted(unexpected)[:5]}")
@@ -388,12 +418,16 @@ def load_checkpoint(
     device: str | torch.device = "cpu",
     dist: DistInfo | None = None,
     restore_rng: bool = True,
+    verify: bool = True,
 ) -> dict:
     """Restore weights (and optimizer, scheduler, RNG states when given / asked) from a step
-    checkpoint; returns its state.json (step, sampler, metrics, config, …)."""
+    checkpoint; returns its state.json (step, sampler, metrics, config, …). With `verify`, every
+    file is first checked against the sizes and hashes in state.json (XlmkitError if one differs)."""
     dist = dist or DistInfo()
     path = Path(path)
     state = read_state(path)
+    if verify:
+        verify_checkpoint(path, need_optimizer=optimizer is not None)
     load_weights(model, path, device)
     if optimizer is not None:
         if "optimizer" not in state:
@@ -401,14 +435,14 @@ def load_checkpoint(
         if is_sharded(unwrap_model(model)):
             _load_sharded_optimizer(unwrap_model(model), optimizer, path / OPTIMIZER_FILE, state["optimizer"])
         else:
-            tensors = load_file(str(path / OPTIMIZER_FILE), device="cpu")
+            tensors = read_tensors(path / OPTIMIZER_FILE)
             optimizer.load_state_dict(optimizer_state_from_tensors(tensors, state["optimizer"]))
     if scheduler is not None and state.get("scheduler") is not None:
         # LambdaLR saves its plain-function lambdas as None; the functions come from the config
         sched_state = dict(state["scheduler"], lr_lambdas=[None] * len(getattr(scheduler, "lr_lambdas", [])))
         scheduler.load_state_dict(sched_state)
     if restore_rng and state.get("rng") is not None:
-        _set_rng_state(load_file(str(path / RNG_FILE), device="cpu"), state["rng"], dist)
+        _set_rng_state(read_tensors(path / RNG_FILE), state["rng"], dist)
     return state
 
 
@@ -423,6 +457,40 @@ def list_step_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
         if m and (p / STATE_FILE).is_file():
             out.append((int(m.group(1)), p))
     return sorted(out)
+
+
+def step_checkpoint_dirs(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """Every step_N directory, complete or not (a damaged copy may lack state.json), oldest first."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    return sorted((int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_RE.match(p.name)) and p.is_dir())
+
+
+def resumable_checkpoint(run_dir: str | Path, log=print) -> Path | None:
+    """The newest step checkpoint that verifies (every file's size and hash), walking back from the
+    newest; each damaged one on the way is reported through `log` and moved aside to
+    `.damaged-step_N` (kept for inspection, out of the way of pruning and of `latest`). None when the
+    run has no step checkpoint; XlmkitError when it has some and none verifies. Rank 0 only."""
+    candidates = step_checkpoint_dirs(run_dir)
+    damaged = []
+    for _step, p in reversed(candidates):
+        why = checkpoint_problem(p, full=True, need_optimizer=True) if (p / STATE_FILE).is_file() \
+            else f"no {STATE_FILE} (an incomplete copy?)"
+        if why is None:
+            for q, reason in damaged:
+                aside = q.parent / f"{DAMAGED_PREFIX}{q.name}"
+                if aside.exists():
+                    shutil.rmtree(aside)
+                os.rename(q, aside)
+                log(f"[pretrain] skipping damaged checkpoint {q.name} ({reason}); moved to {aside.name}; "
+                    f"resuming from {p.name}")
+            return p
+        damaged.append((p, why))
+    if damaged:
+        raise XlmkitError(f"{Path(run_dir) / CHECKPOINTS}: no checkpoint verifies, cannot resume: "
+                          + "; ".join(f"{q.name}: {why}" for q, why in damaged))
+    return None
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -479,15 +547,34 @@ def resolve_checkpoint(path: Path, which: str) -> Path:
         return path  # a checkpoint directory
     if not (path / CHECKPOINTS).is_dir():
         raise XlmkitError(f"{path}: neither a run directory (no {CHECKPOINTS}/) nor a checkpoint directory")
+    candidates = _candidates(path, which)
+    if not candidates:
+        raise XlmkitError(f"{path}: the run has no checkpoint yet")
+    return candidates[0]
+
+
+def _candidates(path: Path, which: str) -> list[Path]:
+    """A run's checkpoints to load weights from, in order of preference (`which` first)."""
     best = best_dir(path)
     if not (best / STATE_FILE).is_file() and (best.parent / f"{OLD_PREFIX}{BEST}" / STATE_FILE).is_file():
         best = best.parent / f"{OLD_PREFIX}{BEST}"  # a crash fell between the two renames of a replace
     latest = latest_checkpoint(path)
     order = [best, latest] if which == "best" else [latest, best]
-    for p in order:
-        if p is not None and (p / STATE_FILE).is_file():
-            return p
-    raise XlmkitError(f"{path}: the run has no checkpoint yet")
+    return [p for p in order if p is not None and (p / STATE_FILE).is_file()]
+
+
+def weights_problem(ckpt: Path) -> str | None:
+    """None when the checkpoint's state.json and model.safetensors verify (size and sha256 recorded at
+    writing; structure only for checkpoints written before hashes), else why not."""
+    why = checkpoint_problem(ckpt, full=False)  # state.json readable and of the right format
+    if why is not None and why.startswith(STATE_FILE):
+        return why  # the optimizer's files do not matter here
+    state = json.loads((ckpt / STATE_FILE).read_bytes().decode("utf-8"))
+    record = (state.get("files") or {}).get(MODEL_FILE)
+    why = check_file(ckpt / MODEL_FILE, record, full=True)
+    if why is None and record is None:
+        why = check_safetensors(ckpt / MODEL_FILE)
+    return None if why is None else f"{MODEL_FILE}: {why}"
 
 
 def _find_tokenizer(ckpt: Path, state: dict) -> Path:
@@ -504,8 +591,19 @@ def load_model(path: str | Path, which: str = "best", device: str | torch.device
     back to the other when absent) or from a checkpoint directory."""
     from xlmkit.model import XLMModel
 
+    import sys
+
     path = Path(path)
     ckpt = resolve_checkpoint(path, which)
+    why = weights_problem(ckpt)
+    if why is not None and ckpt != path:  # a run directory: fall back to its other checkpoint
+        for other in _candidates(path, which)[1:]:
+            if weights_problem(other) is None:
+                print(f"[xlmkit] note: {ckpt} is damaged ({why}); using {other}", file=sys.stderr)
+                ckpt, why = other, None
+                break
+    if why is not None:
+        raise XlmkitError(f"{ckpt}: damaged checkpoint: {why}")
     state = read_state(ckpt)
     cfg = config_from_dict(state["config"])
     model = XLMModel(cfg.model)
@@ -514,7 +612,11 @@ def load_model(path: str | Path, which: str = "best", device: str | torch.device
     vocab = state.get("vocab")
     run_vocab = ckpt.parent.parent / "vocab.json"
     if vocab is None and run_vocab.is_file():
-        vocab = json.loads(run_vocab.read_text(encoding="utf-8"))
+        try:
+            with reading(run_vocab):
+                vocab = json.loads(run_vocab.read_bytes().decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise XlmkitError(f"{run_vocab}: not valid JSON ({e})") from None
     return LoadedModel(model=model, config=cfg, vocab=vocab or {}, tokenizer_path=_find_tokenizer(ckpt, state),
                        path=ckpt)
 

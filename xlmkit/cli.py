@@ -67,8 +67,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except (ConfigError, XlmkitError) as e:
-        print(f"xlmkit {name}: error: {e}", file=sys.stderr)
+        print(f"xlmkit {name}: error: {_one_line(str(e))}", file=sys.stderr)
         return 2
+    except OSError as e:  # a read or write error (EIO, permission, disk full): name the file, no traceback
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"xlmkit {name}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+
+
+def _one_line(message: str) -> str:
+    """Errors are one line: a message that quotes a multi-line library error is folded."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -62,6 +63,7 @@ class PrepareConfig:
         _check(self.workers >= 1, "prepare.workers must be >= 1")
         _check(self.chunk_lines >= 1, "prepare.chunk_lines must be >= 1")
         _check(self.tokenizer_sample_sentences >= 1, "prepare.tokenizer_sample_sentences must be >= 1")
+        _check(self.seed >= 0, f"prepare.seed must be >= 0, got {self.seed}")
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ class ModelConfig:
         _check(0.0 <= self.dropout < 1.0 and 0.0 <= self.attention_dropout < 1.0,
                "model.dropout and model.attention_dropout must be in [0, 1)")
         _check(self.max_positions > 0, "model.max_positions must be > 0")
+        _check(self.layer_norm_eps > 0, f"model.layer_norm_eps must be > 0, got {self.layer_norm_eps}")
 
     @property
     def resolved(self) -> bool:
@@ -158,6 +161,16 @@ class TrainConfig:
         _check(self.eval_every >= 1 and self.save_every >= 1 and self.log_every >= 1,
                "train.eval_every, train.save_every and train.log_every must be >= 1")
         _check(self.keep_last >= 1, "train.keep_last must be >= 1")
+        _check(self.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
+        _check(self.tlm_max_len >= 4, f"train.tlm_max_len must be >= 4, got {self.tlm_max_len}")
+        _check(self.eval_batches >= 1, f"train.eval_batches must be >= 1, got {self.eval_batches}")
+        _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        _check(0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0, "train.beta1 and train.beta2 must be in [0, 1)")
+        _check(self.adam_eps > 0, f"train.adam_eps must be > 0, got {self.adam_eps}")
+        _check(self.clip_norm >= 0, f"train.clip_norm must be >= 0 (0 = no clipping), got {self.clip_norm}")
+        _check(self.sample_alpha >= 0, f"train.sample_alpha must be >= 0, got {self.sample_alpha}")
+        _check(self.seed >= 0, f"train.seed must be >= 0, got {self.seed}")
+        _check(self.dist_timeout_s >= 1, f"train.dist_timeout_s must be >= 1, got {self.dist_timeout_s}")
 
 
 @dataclass(frozen=True)
@@ -189,6 +202,14 @@ class FinetuneConfig:
         _check(self.precision in ("auto", "bf16", "fp32"),
                f"finetune.precision must be auto, bf16 or fp32, got {self.precision!r}")
         _check(self.freeze_layers >= 0, "finetune.freeze_layers must be >= 0")
+        _check(self.epochs >= 1, f"finetune.epochs must be >= 1, got {self.epochs}")
+        _check(self.max_steps >= 0, f"finetune.max_steps must be >= 0 (0 = epochs decide), got {self.max_steps}")
+        _check(self.lr > 0 and self.head_lr > 0, "finetune.lr and finetune.head_lr must be > 0")
+        _check(self.weight_decay >= 0, f"finetune.weight_decay must be >= 0, got {self.weight_decay}")
+        _check(0.0 <= self.warmup_ratio < 1.0, f"finetune.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        _check(0.0 <= self.dropout < 1.0, f"finetune.dropout must be in [0, 1), got {self.dropout}")
+        _check(self.patience >= 0, f"finetune.patience must be >= 0 (0 = off), got {self.patience}")
+        _check(self.seed >= 0, f"finetune.seed must be >= 0, got {self.seed}")
 
 
 @dataclass(frozen=True)
@@ -265,16 +286,23 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             f = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
-        if f != int(f):
+        if not math.isfinite(f) or f != int(f):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return int(f)
     if tp is float:
         try:
-            return float(value)
+            if isinstance(value, bool):
+                raise TypeError
+            f = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        if not math.isfinite(f):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return f
     if tp is str:
-        return str(value)
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
     return value
 
 
@@ -286,10 +314,17 @@ def _apply(section_obj: Any, section: str, updates: dict[str, Any]) -> Any:
         if key not in fields:
             raise ConfigError(f"unknown setting {section}.{key}; known: {', '.join(sorted(fields))}")
         converted[key] = _coerce(value, fields[key].type, f"{section}.{key}")
-    return dataclasses.replace(section_obj, **converted)
+    try:
+        return dataclasses.replace(section_obj, **converted)
+    except (TypeError, OverflowError) as e:  # a value of the right type that the checks cannot compare
+        raise ConfigError(f"{section}: {e}") from None
 
 
 def _merge(cfg: Config, data: dict[str, Any], source: str) -> Config:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a table/mapping")
+    if "preset" in data and not isinstance(data["preset"], str):
+        raise ConfigError(f"{source}: preset must be a string, got {data['preset']!r}")
     for key in data:
         if key != "preset" and key not in SECTIONS:
             raise ConfigError(f"{source}: unknown section {key!r}; known: {', '.join(SECTIONS)}")
@@ -298,7 +333,10 @@ def _merge(cfg: Config, data: dict[str, Any], source: str) -> Config:
         if section in data:
             if not isinstance(data[section], dict):
                 raise ConfigError(f"{source}: section {section!r} must be a table/mapping")
-            changes[section] = _apply(getattr(cfg, section), section, data[section])
+            try:
+                changes[section] = _apply(getattr(cfg, section), section, data[section])
+            except ConfigError as e:  # name the file the value came from
+                raise ConfigError(f"{source}: {e}" if Path(source).suffix else str(e)) from None
     return dataclasses.replace(cfg, **changes)
 
 
@@ -312,7 +350,13 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not valid UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
     if path.suffix == ".toml":
         try:
             return tomllib.loads(text)
@@ -331,7 +375,13 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             raise ConfigError(f"{path}: top level must be a mapping")
         return data
     if path.suffix == ".json":
-        return json.loads(text)
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise ConfigError(f"{path}: invalid JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be an object")
+        return data
     raise ConfigError(f"{path}: config files must end in .toml, .yaml, .yml or .json")
 
 

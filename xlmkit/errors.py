@@ -7,3 +7,20 @@ class XlmkitError(Exception):
 
 class DataError(XlmkitError):
     """Bad input text or prepared data. The message names the file (and line where it applies)."""
+
+
+class reading:
+    """`with reading(path): ...` turns an OSError while reading `path` (EIO, permission denied, a
+    directory where a file was expected) into a DataError naming the file: read errors from the OS
+    often carry no file name."""
+
+    def __init__(self, path) -> None:
+        self.path = path
+
+    def __enter__(self) -> "reading":
+        return self
+
+    def __exit__(self, tp, e, tb) -> bool:
+        if e is not None and isinstance(e, OSError) and not isinstance(e, DataError):
+            raise DataError(f"{self.path}: cannot read: {e.strerror or e}") from None
+        return False

@@ -340,7 +340,7 @@ def run(args: argparse.Namespace) -> int:
         model, encoder, labels = ftm.model, TaskEncoder(ftm.tokenizer, ftm.vocab, spec, ftm.model.encoder), list(spec.labels)
         device = pick_device(ft.device)
         # the precision of this machine, not of the one it was fine-tuned on
-        ft = dataclasses.replace(ft, precision=choose_precision("auto", device, "evaluate"))
+        ft = dataclasses.replace(ft, precision=choose_precision("auto", device)[0])
         model.to(device)
         train_lang, majority, protocol, ft_info = None, None, "fine-tuned model, tested on test / unsplit files", {}
     else:

@@ -62,6 +62,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xlmkit.config import Config, ConfigError, FinetuneConfig, config_from_dict, config_to_dict, load_config, parse_overrides
+from xlmkit.integrity import open_tokenizer
 from xlmkit.errors import DataError, XlmkitError
 from xlmkit.langs import canonical_lang
 from xlmkit.retrieval import sentence_format
@@ -469,7 +470,6 @@ def is_finetuned_dir(path: str | Path) -> bool:
 
 def load_finetuned(path: str | Path, which: str = "best", device: str | torch.device = "cpu") -> LoadedTaskModel:
     from safetensors.torch import load_file
-    from tokenizers import Tokenizer
 
     from xlmkit.checkpoint import load_model
 
@@ -485,7 +485,7 @@ def load_finetuned(path: str | Path, which: str = "best", device: str | torch.de
     head = {k[len("head."):]: v for k, v in load_file(str(head_file)).items()}
     model.head.load_state_dict(head)
     model.to(device).eval()
-    return LoadedTaskModel(model, spec, loaded.config, loaded.vocab, Tokenizer.from_file(str(loaded.tokenizer_path)),
+    return LoadedTaskModel(model, spec, loaded.config, loaded.vocab, open_tokenizer(loaded.tokenizer_path),
                            loaded.path)
 
 
@@ -520,8 +520,6 @@ def finetune(
 ) -> FinetuneResult:
     """Fine-tune `loaded.model` with a new head on the examples; keep the best dev weights. Writes the
     fine-tuned model directory when out_dir is given."""
-    from tokenizers import Tokenizer
-
     from xlmkit.runtime import autocast, choose_precision, pick_device, seed_everything
 
     t0 = time.time()
@@ -533,7 +531,8 @@ def finetune(
     if len(labels) < 2:
         raise DataError(f"the training data has a single label ({', '.join(labels)}); nothing to learn")
     device = pick_device(ft.device)
-    ft = dataclasses.replace(ft, precision=choose_precision(ft.precision, device, "finetune"))  # resolved, saved
+    precision, precision_note = choose_precision(ft.precision, device)
+    ft = dataclasses.replace(ft, precision=precision)  # resolved, saved with the model
     seed_everything(ft.seed)
     encoder_model = loaded.model
     if ft.max_len > encoder_model.cfg.max_positions:
@@ -542,7 +541,7 @@ def finetune(
     spec = TaskSpec(task=ft.task, labels=labels, pooling=pooling, use_langs=use_langs,
                     max_len=min(ft.max_len, encoder_model.cfg.max_positions), base_model=str(loaded.path),
                     unknown_lang_id=unknown_lang_id)
-    tokenizer = Tokenizer.from_file(str(loaded.tokenizer_path))
+    tokenizer = open_tokenizer(loaded.tokenizer_path)
     enc = TaskEncoder(tokenizer, loaded.vocab, spec, encoder_model)
     train_data, train_stats = enc.encode(train_examples)
     log(f"[finetune] {train_stats.describe('train')}")
@@ -564,6 +563,7 @@ def finetune(
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         _start_output_dir(out, cfg, loaded, spec)
+    log(f"[finetune] {precision_note}")
     log(f"[finetune] task={ft.task} labels={len(labels)} train={len(train_data)} dev={len(dev_data or [])} "
         f"steps={total} ({steps_per_epoch}/epoch) device={device} lr={ft.lr} head_lr={ft.head_lr} "
         f"freeze_layers={ft.freeze_layers} pooling={pooling if ft.task != 'token' else '-'}")
@@ -746,7 +746,11 @@ def run(args: argparse.Namespace) -> int:
         args.overrides = [*args.overrides, f"finetune.task={args.task}"]
     loaded, ft = load_pretrained(args)
     train_examples = read_task_files(args.train, ft.task)
+    if not train_examples:
+        raise DataError(f"{args.train}: no training examples (empty file?)")
     dev_examples = read_task_files(args.dev, ft.task) if args.dev else None
+    if dev_examples is not None and not dev_examples:
+        raise DataError(f"{args.dev}: no dev examples (empty file?)")
     for lang, exs in group_by_lang(train_examples).items():
         print(f"[finetune] train {lang}: {len(exs)} examples")
     unknown = resolve_unknown_lang_id(args.unknown_lang_id, loaded.vocab, loaded.model)

@@ -58,6 +58,7 @@ import json
 import re
 from pathlib import Path
 
+from xlmkit.integrity import open_tokenizer
 from xlmkit.errors import XlmkitError
 
 FORMATS = ("xlm", "xlmr")
@@ -284,11 +285,11 @@ def export_tokenizer(tokenizer_path: Path, out_dir: Path, ids: dict[str, int], w
     A tokenizer without post-processor gets the framing the model saw in xlmkit (vocab.json
     `sentence_wrap`): "xlm" `</s> A </s>` (pair `</s> A </s> </s> B </s>`), as in XLM's pretraining
     streams, or "roberta" `<s> A </s>` (pair `<s> A </s> </s> B </s>`)."""
-    from tokenizers import Tokenizer, processors
+    from tokenizers import processors
 
     if wrap not in WRAPS:
         raise XlmkitError(f"unknown sentence_wrap {wrap!r} in vocab.json (expected xlm or roberta)")
-    tok = Tokenizer.from_file(str(tokenizer_path))
+    tok = open_tokenizer(tokenizer_path)
     strings = _special_token_strings(tok, ids)
     _mark_special(tok, list(strings.values()))
     first_role = "eos" if wrap == "xlm" else "bos"
@@ -359,7 +360,13 @@ def _read_hf_config(hf_dir: Path) -> dict:
     f = hf_dir / "config.json"
     if not f.is_file():
         raise XlmkitError(f"{hf_dir}: no config.json; not a transformers model directory")
-    return json.loads(f.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(f.read_bytes().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise XlmkitError(f"{f}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise XlmkitError(f"{f}: not a JSON object")
+    return data
 
 
 def read_hf_weights(hf_dir: Path) -> dict:
@@ -370,7 +377,17 @@ def read_hf_weights(hf_dir: Path) -> dict:
 
     def load_one(f: Path) -> dict:
         if f.suffix == ".safetensors":
-            return load_file(str(f))
+            from xlmkit.integrity import check_safetensors
+
+            why = check_safetensors(f)  # a cut copy: one line, not the library's error
+            if why is not None:
+                raise XlmkitError(f"{f}: {why}")
+            try:
+                return load_file(str(f))
+            except OSError:
+                raise
+            except Exception as e:
+                raise XlmkitError(f"{f}: not a readable safetensors file ({type(e).__name__}: {e})") from None
         try:
             return torch.load(str(f), map_location="cpu", weights_only=True)
         except Exception as e:  # a pickle that needs more than tensors is refused, never executed
@@ -382,7 +399,10 @@ def read_hf_weights(hf_dir: Path) -> dict:
         if (hf_dir / single).is_file():
             return load_one(hf_dir / single)
         if (hf_dir / index).is_file():
-            weight_map = json.loads((hf_dir / index).read_text(encoding="utf-8"))["weight_map"]
+            try:
+                weight_map = json.loads((hf_dir / index).read_text(encoding="utf-8"))["weight_map"]
+            except (ValueError, KeyError, TypeError) as e:
+                raise XlmkitError(f"{hf_dir / index}: not a valid weights index ({type(e).__name__}: {e})") from None
             sd = {}
             for shard in sorted(set(weight_map.values())):
                 sd.update(load_one(hf_dir / shard))
@@ -560,7 +580,7 @@ def _tokenizer_from_hf_dir(hf_dir: Path):
     from tokenizers import Tokenizer
 
     if (hf_dir / "tokenizer.json").is_file():
-        return Tokenizer.from_file(str(hf_dir / "tokenizer.json"))
+        return open_tokenizer(hf_dir / "tokenizer.json")
     slow_files = [f for f in SLOW_TOKENIZER_FILES if (hf_dir / f).is_file()]
     if not slow_files:
         # transformers would build a placeholder tokenizer of five specials without complaint

@@ -12,6 +12,8 @@ from xlmkit.errors import DataError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", help="a prepared data directory or a run directory")
+    parser.add_argument("--verify", action="store_true",
+                        help="read everything: every token id and offset of every shard, every file's sha256")
 
 
 def _table(header: list[str], rows: list[list]) -> str:
@@ -37,7 +39,9 @@ def _read_json(path: Path) -> dict:
 
 def describe_prepared(root: Path) -> str:
     """The manifest as text: languages, pairs, counts per split, tokenizer, sources."""
-    m = _read_json(root / "manifest.json")
+    from xlmkit.data import read_manifest
+
+    m = read_manifest(root / "manifest.json")
     out = [f"prepared data: {root}",
            f"format {m.get('format')} v{m.get('version')}; vocab {m['vocab_size']:,} ({m.get('dtype')}); "
            f"tokenizer {m.get('tokenizer', {}).get('type', '?')}",
@@ -77,7 +81,7 @@ def describe_prepared(root: Path) -> str:
     return "\n".join(out)
 
 
-def describe_run(root: Path) -> str:
+def describe_run(root: Path, verify: bool = False) -> str:
     """What a run directory holds: its vocab.json, resolved config, metrics and checkpoints."""
     out = [f"run: {root}"]
     if (root / "vocab.json").is_file():
@@ -107,7 +111,16 @@ def describe_run(root: Path) -> str:
                                                    for k, v in rec.items() if k != "split"))
     ckpts = root / "checkpoints"
     if ckpts.is_dir():
-        out.append("checkpoints: " + (", ".join(sorted(p.name for p in ckpts.iterdir() if p.is_dir())) or "-"))
+        from xlmkit.integrity import checkpoint_problem
+
+        dirs = sorted(p for p in ckpts.iterdir() if p.is_dir() and not p.name.startswith(".tmp-"))
+        out.append("checkpoints" + ("" if verify else " (sizes and headers checked; --verify hashes every file)")
+                   + (":" if dirs else ": -"))
+        for p in dirs:
+            why = checkpoint_problem(p, full=verify) if (p / "state.json").is_file() else "no state.json"
+            if p.name.startswith(".damaged-"):
+                why = why or "moved aside by --resume"
+            out.append(f"  {p.name}: " + ("ok" if why is None else f"damaged: {why}"))
     return "\n".join(out)
 
 
@@ -116,9 +129,23 @@ def run(args: argparse.Namespace) -> int:
     if not root.is_dir():
         raise DataError(f"{root}: no such directory")
     if (root / "manifest.json").is_file():
-        print(describe_prepared(root))
+        try:
+            print(describe_prepared(root))
+        except (KeyError, TypeError, AttributeError, ValueError) as e:  # a key of the wrong shape
+            raise DataError(f"{root / 'manifest.json'}: damaged manifest ({type(e).__name__}: {e}); "
+                            "re-run `xlmkit prepare`") from None
+        if getattr(args, "verify", False):
+            from xlmkit.data import PreparedData
+
+            results = PreparedData(root).verify()
+            print("", "verify (every id, offset and hash):", sep="\n")
+            for name, status in results:
+                print(f"  {name}: {status}")
+            bad = [status for _, status in results if status != "ok"]
+            if bad:
+                raise DataError(f"{len(bad)} damaged file(s) in {root}; first: {bad[0]}")
     elif (root / "vocab.json").is_file() or (root / "config.json").is_file():
-        print(describe_run(root))
+        print(describe_run(root, verify=getattr(args, "verify", False)))
     else:
         raise DataError(f"{root}: neither prepared data (manifest.json) nor a run (vocab.json / config.json)")
     return 0

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xlmkit.errors import DataError
+from xlmkit.errors import DataError, reading
 from xlmkit.langs import canonical_lang
 from xlmkit.tasks import Example
 
@@ -50,9 +50,12 @@ def read_langid_dir(data_dir: str | Path, langs: list[str] | None = None) -> dic
         if lang in out:
             raise DataError(f"{f}: language {lang!r} also in {out[lang][0]}")
         try:
-            lines = [line.strip() for line in f.read_text(encoding="utf-8").splitlines()]
+            with reading(f):
+                raw = f.read_bytes()
+            lines = [line.strip() for line in raw.decode("utf-8").splitlines()]
         except UnicodeDecodeError as e:
-            raise DataError(f"{f}: not valid UTF-8 ({e})") from None
+            line = raw[:e.start].count(b"\n") + 1
+            raise DataError(f"{f}:{line}: invalid UTF-8 ({e.reason})") from None
         out[lang] = (f, lines)
     return out
 

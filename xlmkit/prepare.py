@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from xlmkit.config import PrepareConfig, config_to_dict
-from xlmkit.data import FORMAT, FORMAT_VERSION, SPLITS, SpecialIds, shard_paths
+from xlmkit.data import FORMAT, FORMAT_VERSION, SPLITS, SpecialIds, shard_paths, shard_records
 from xlmkit.errors import DataError
 from xlmkit.langs import canonical_lang, canonical_pair
 from xlmkit.text import (HashSet64, clean_line, count_lines, file_sha256, filter_reason, line_hash,
@@ -732,6 +732,7 @@ def prepare_data(cfg: PrepareConfig, out_dir: str | Path, mono: dict[str, str | 
             **({"special_ids": ids["special_ids"]} if "special_ids" in ids else {}),
             "mono": counts["mono"],
             "para": counts["para"],
+            "shards": shard_records(tmp),  # size + sha256 of each shard file, checked when opened
             "sources": [_source_entry(c, hashes) for c in cleaned],
             "config": config_to_dict(cfg),
             "tokenizer": tokenizer_entry,

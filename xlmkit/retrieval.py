@@ -44,7 +44,8 @@ from typing import Sequence
 
 import numpy as np
 
-from xlmkit.errors import DataError, XlmkitError
+from xlmkit.integrity import open_tokenizer
+from xlmkit.errors import DataError, XlmkitError, reading
 from xlmkit.langs import canonical_lang
 
 # ----------------------------------------------------------------------------------------------
@@ -141,10 +142,13 @@ def read_lines(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"no such file: {path}")
+    with reading(path):
+        raw = path.read_bytes()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 ({e})") from None
+        line = raw[:e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: invalid UTF-8 ({e.reason}, byte {e.start} of the file)") from None
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -253,13 +257,12 @@ def load_encoder(model_path: str | Path, which: str = "best", device: str = "aut
     """Load a run (or checkpoint) for embedding -> (Encoder, info for reports). With random_init the
     weights are replaced by a fresh initialisation (seeded) of the same model."""
     import torch
-    from tokenizers import Tokenizer
 
     from xlmkit.checkpoint import load_model, read_state
     from xlmkit.runtime import choose_precision, pick_device
 
     dev = pick_device(device)
-    precision = choose_precision(precision, dev, "embed")
+    precision, precision_note = choose_precision(precision, dev)
     loaded = load_model(model_path, which=which, device="cpu")
     model = loaded.model
     if random_init:
@@ -268,7 +271,7 @@ def load_encoder(model_path: str | Path, which: str = "best", device: str = "aut
     model.to(dev).eval()
     if not loaded.tokenizer_path.is_file():
         raise XlmkitError(f"{model_path}: tokenizer not found (looked for {loaded.tokenizer_path})")
-    tokenizer = Tokenizer.from_file(str(loaded.tokenizer_path))
+    tokenizer = open_tokenizer(loaded.tokenizer_path)
     n_hidden = loaded.config.model.n_layers + 1
     if not -n_hidden <= layer < n_hidden:
         raise XlmkitError(f"--layer must be in [{-n_hidden}, {n_hidden - 1}] (0 = embeddings, "
@@ -287,6 +290,8 @@ def load_encoder(model_path: str | Path, which: str = "best", device: str = "aut
             "lang_embeddings": model_has_lang_embeddings(model), "max_len": max_len,
             "wrap": "xlm" if fmt.first_id == fmt.last_id else "roberta", "precision": precision}
     enc = Encoder(model, tokenizer, vocab, fmt, layer, batch_size, precision, unknown_lang_id)
+    if precision_note.startswith("warning"):  # an explicit bf16 where it is emulated
+        print(f"[embed] {precision_note}", file=sys.stderr)
     return enc, info
 
 

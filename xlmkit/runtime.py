@@ -6,7 +6,7 @@ The model knows nothing of parallelism and the training loop never calls `torch.
     device = pick_device(cfg.train.device, dist)                           # cuda:LOCAL_RANK under torchrun
     model = wrap_model(model, dist, cfg.train.parallel, device)            # on device; DDP / FSDP2 under torchrun
     optimizer = ...                                                        # after wrap_model (FSDP swaps params)
-    precision = choose_precision(cfg.train.precision, device)               # "auto" -> bf16 where native
+    precision, note = choose_precision(cfg.train.precision, device)         # "auto" -> bf16 where native
     with autocast(device, precision): ...                                   # bf16 autocast or nothing
     loss = all_reduce_mean(loss, dist)
     grad_norm = clip_grad_norm(model.parameters(), max_norm)               # a float, sharded or not
@@ -122,14 +122,11 @@ def resolve_precision(requested: str, hw: Hardware) -> tuple[str, str]:
     return requested, f"precision {requested} ({hw.describe()})"
 
 
-def choose_precision(requested: str, device: torch.device | str, who: str = "xlmkit", verbose: bool = True) -> str:
-    """resolve_precision on this machine's `device`, its line printed once (stderr) when verbose."""
-    precision, line = resolve_precision(requested, detect_hardware(device))
-    if verbose:
-        import sys
-
-        print(f"[{who}] {line}", file=sys.stderr, flush=True)
-    return precision
+def choose_precision(requested: str, device: torch.device | str) -> tuple[str, str]:
+    """resolve_precision for this machine's `device`: (precision, the line to show). Commands resolve
+    once, show the line once their run has started (an error before that stays a single line), and
+    write the resolved precision into the run's config."""
+    return resolve_precision(requested, detect_hardware(device))
 
 
 def autocast(device: torch.device | str, precision: str):

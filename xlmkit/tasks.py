@@ -28,13 +28,14 @@ import csv
 import json
 import re
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 
-from xlmkit.errors import DataError
+from xlmkit.errors import DataError, reading
 from xlmkit.langs import ISO3_TO_ISO1, canonical_lang
 
 TASKS = ("classification", "pair", "token")
@@ -168,12 +169,28 @@ def _example_from_record(record: dict, task: str, default_lang: str | None, wher
     return Example(lang=lang, label=_label_str(label, where), text=a, text_b=b, source=where, uid=uid)
 
 
+def _utf8_lines(path: Path) -> Iterator[str]:
+    """The lines of a file (with their line ending), each decoded as UTF-8; a line that is not valid
+    UTF-8 raises DataError naming the file and its 1-based line number."""
+    with reading(path), open(path, "rb") as f:
+        for i, raw in enumerate(f, start=1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{i}: invalid UTF-8 ({e.reason} at byte {e.start} of the line)") from None
+
+
+@contextmanager
+def _open_utf8(path: Path):
+    yield _utf8_lines(Path(path))
+
+
 def read_jsonl(path: str | Path, task: str, lang: str | None = None) -> list[Example]:
     _check_task(task)
     path = Path(path)
     default_lang = lang if lang is not None else lang_from_filename(path)
     out = []
-    with open(path, encoding="utf-8") as f:
+    with _open_utf8(path) as f:
         for i, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -197,7 +214,7 @@ def read_tsv(path: str | Path, task: str, lang: str | None = None) -> list[Examp
     path = Path(path)
     default_lang = lang if lang is not None else lang_from_filename(path)
     out = []
-    with open(path, encoding="utf-8", newline="") as f:
+    with _open_utf8(path) as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(reader, None)
         if header is None:
@@ -236,7 +253,7 @@ def read_conllu(path: str | Path, lang: str | None = None, column: str = "upos")
                                uid=sent_id if sent_id is not None else str(len(out)), token_lines=lines))
         tokens, tags, lines, sent_id = [], [], [], None
 
-    with open(path, encoding="utf-8") as f:
+    with _open_utf8(path) as f:
         for i, raw in enumerate(f, start=1):
             line = raw.rstrip("\n").rstrip("\r")
             if not line.strip():
@@ -283,7 +300,7 @@ def read_conll(path: str | Path, lang: str | None = None) -> list[Example]:
                                uid=str(len(out)), token_lines=lines))
         tokens, tags, lines = [], [], []
 
-    with open(path, encoding="utf-8") as f:
+    with _open_utf8(path) as f:
         for i, raw in enumerate(f, start=1):
             line = raw.strip()
             if not line:
@@ -445,7 +462,7 @@ def build_pud_genre(ud_dir: str | Path, out_dir: str | Path) -> list[Path]:
         if lang is None:
             continue
         rows, sent_id = [], None
-        with open(f, encoding="utf-8") as fh:
+        with _open_utf8(f) as fh:
             for line in fh:
                 m = re.match(r"#\s*sent_id\s*=\s*(\S+)", line)
                 if m:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xlmkit.errors import DataError
+from xlmkit.errors import DataError, reading
 
 # Control characters that carry no text: C0/C1 controls except the whitespace ones (tab, newlines,
 # \x0b-\x0d, \x1c-\x1f and NEL \x85 count as whitespace and become one space), DEL, the byte-order
@@ -141,7 +141,7 @@ def read_lines(path: str | Path, max_lines: int = 0, skip_bad_lines: bool = Fals
     after that many lines.
     """
     path = Path(path)
-    with open(path, "rb") as f:
+    with reading(path), open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             if max_lines and lineno > max_lines:
                 return
@@ -159,7 +159,7 @@ def read_lines(path: str | Path, max_lines: int = 0, skip_bad_lines: bool = Fals
 def count_lines(path: str | Path) -> int:
     """Number of lines of a file (a last line without a newline counts), read in 1 MiB blocks."""
     n, last = 0, b"\n"
-    with open(path, "rb") as f:
+    with reading(path), open(path, "rb") as f:
         while block := f.read(1 << 20):
             n += block.count(b"\n")
             last = block[-1:]
@@ -168,7 +168,7 @@ def count_lines(path: str | Path) -> int:
 
 def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with reading(path), open(path, "rb") as f:
         while block := f.read(1 << 20):
             h.update(block)
     return h.hexdigest()

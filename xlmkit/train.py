@@ -211,6 +211,15 @@ def evaluate(loss_model: nn.Module, eval_sets: dict[str, list], cfg: TrainConfig
     return out
 
 
+def check_ids(batch, data, vocab_size: int) -> None:
+    """A one-line error instead of an IndexError deep in the embedding when the data holds an id the
+    sampled check of PreparedData missed (a damaged shard or manifest)."""
+    if batch.input_ids.numel() and int(batch.input_ids.max()) >= vocab_size:
+        raise XlmkitError(f"{data.manifest_path}: a {batch.task} batch holds token id {int(batch.input_ids.max())} "
+                          f">= vocab_size {vocab_size}; the data is damaged (check it with "
+                          f"`xlmkit info --verify {data.root}`)")
+
+
 def build_eval_sets(data, cfg: TrainConfig) -> dict[str, list]:
     """Fixed validation batches (the same at every evaluation): MLM for every language with
     monolingual validation text, TLM for every pair with parallel validation text."""
@@ -230,14 +239,27 @@ def prepare_run_dir(out_dir: Path, cfg: Config, data, vocab: dict, resume: bool,
     """Check the run directory against `resume`; write config.json, vocab.json, tokenizer.json (rank 0).
     Returns the checkpoint to resume from, or None for a fresh run."""
     from xlmkit.checkpoint import (clean_checkpoints, config_differences, latest_checkpoint, read_state,
-                                   write_run_files)
+                                   resumable_checkpoint, write_run_files)
     from xlmkit.metrics import METRICS_FILE, truncate_metrics
-    from xlmkit.runtime import barrier
+    from xlmkit.runtime import barrier, broadcast_object
 
     if dist.is_main:
         clean_checkpoints(out_dir)
     barrier(dist)
-    ckpt = latest_checkpoint(out_dir)
+    if resume:  # the newest checkpoint that verifies; damaged newer ones are reported and moved aside
+        found = (None, None)  # (checkpoint, error), as rank 0 finds them
+        if dist.is_main:
+            try:
+                p = resumable_checkpoint(out_dir)
+                found = (str(p) if p is not None else None, None)
+            except XlmkitError as e:
+                found = (None, str(e))
+        found = broadcast_object(found, dist)
+        if found[1] is not None:
+            raise XlmkitError(found[1])
+        ckpt = Path(found[0]) if found[0] is not None else None
+    else:
+        ckpt = latest_checkpoint(out_dir)
     if resume:
         if ckpt is None:
             raise XlmkitError(f"{out_dir}: no checkpoint to resume from; run without --resume to start")
@@ -306,7 +328,7 @@ def pretrain(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: boo
     out_dir = Path(out_dir)
     dist = init_distributed(cfg.train.dist_timeout_s, cfg.train.device)
     device = pick_device(cfg.train.device, dist)
-    precision = choose_precision(cfg.train.precision, device, "pretrain", verbose=dist.is_main)
+    precision, precision_note = choose_precision(cfg.train.precision, device)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))  # resolved, in config.json
     data = PreparedData(data_dir)
     vocab = vocab_info(data)
@@ -328,9 +350,12 @@ def pretrain(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: boo
     scheduler = build_scheduler(optimizer, tcfg)
     sampler = PretrainSampler(data, tcfg, seed=tcfg.seed, rank=dist.rank, world_size=dist.world_size)
     eval_sets = build_eval_sets(data, tcfg)
+    for batch in (b for batches in eval_sets.values() for b in batches):
+        check_ids(batch, data, cfg.model.vocab_size)
     step, elapsed_before, last_valid = 0, 0.0, {}
     if resume_from is not None:
-        state = load_checkpoint(resume_from, encoder, optimizer, scheduler, device=device, dist=dist)
+        state = load_checkpoint(resume_from, encoder, optimizer, scheduler, device=device, dist=dist,
+                                verify=False)  # verified by prepare_run_dir
         sampler.load_state_dict(state["sampler"])
         step = int(state["step"])
         elapsed_before = float(state["metrics"].get("elapsed_s", 0.0))
@@ -343,6 +368,7 @@ def pretrain(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: boo
     logger = MetricsLogger(out_dir, enabled=dist.is_main, purge_step=step + 1 if resume_from else None)
     profiler = start_profiler(out_dir, device) if tcfg.profile and dist.is_main else None
     if dist.is_main:
+        print(f"[pretrain] {precision_note}")  # once the run has started: a refused run says only why
         n_params = sum(p.numel() for p in encoder.parameters())
         print(f"[pretrain] {n_params / 1e6:.2f}M parameters on {device} ({tcfg.precision}); objectives "
               f"{', '.join(sampler.objectives)}; {dist.world_size} process(es); run dir {out_dir}")
@@ -365,6 +391,7 @@ def pretrain(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: boo
             batches = sampler.next_batches()
             step_loss = 0.0
             for i, batch in enumerate(batches):
+                check_ids(batch, data, cfg.model.vocab_size)
                 loss = train_on_batch(model, batch, tcfg, device, dist, sync=i == len(batches) - 1)
                 if not math.isfinite(loss):
                     raise XlmkitError(f"the {batch.objective} loss on {batch.task} is {loss} at step {step + 1}; "
