@@ -372,7 +372,9 @@ def unigram_tokenizer(vocab: list[tuple[str, float]], unk_id: int, specials: Seq
     tok.normalizer = make_normalizer(lowercase, strip_accents)
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement=METASPACE, prepend_scheme="always")
     metaspace = decoders.Metaspace(replacement=METASPACE, prepend_scheme="always")
-    tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse(), metaspace]) if byte_fallback else metaspace
+    # with byte pieces: ▁ -> space, bytes -> characters, then the prefix space off (the Llama converter's order)
+    tok.decoder = decoders.Sequence([decoders.Replace(METASPACE, " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)]) if byte_fallback else metaspace
     tok.add_special_tokens(list(specials))
     return tok
 
