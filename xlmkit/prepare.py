@@ -44,7 +44,7 @@ from xlmkit.config import PrepareConfig, config_to_dict
 from xlmkit.data import FORMAT, FORMAT_VERSION, SPLITS, SpecialIds, shard_paths
 from xlmkit.errors import DataError
 from xlmkit.langs import canonical_lang, canonical_pair, check_lang
-from xlmkit.text import (HashSet64, clean_line, count_lines, file_sha256, filter_reason, line_hash,
+from xlmkit.text import (HashSet64, clean_line, count_lines, file_sha256, line_hash,
                          read_lines)
 
 # Settings that change how fast the output is made, not what it contains (left out of the stamp).
@@ -275,6 +275,7 @@ def clean_source(src: Source, cfg: PrepareConfig, work_dir: Path, progress: bool
     lines = ((x,) for x in read_lines(src.files[0], cfg.max_lines, cfg.skip_bad_lines)) \
         if src.kind == "mono" else _paired_lines(src, cfg)
     bar = progress_bar(progress, desc=f"clean {src.name}", unit=" lines")
+    lower, accents, min_chars, max_chars = cfg.lowercase, cfg.strip_accents, cfg.min_chars, cfg.max_chars
     handles = [open(p, "w", encoding="utf-8", newline="\n") for p in work_files]
     try:
         while batch := list(itertools.islice(lines, batch_lines)):
@@ -282,11 +283,18 @@ def clean_source(src: Source, cfg: PrepareConfig, work_dir: Path, progress: bool
             bar.update(len(batch))
             survivors = []
             for raw in batch:
-                if any(x is None for x in raw):
+                if None in raw:
                     out.dropped["bad_utf8"] += 1
                     continue
-                texts = [clean_line(x, cfg.lowercase, cfg.strip_accents) for x in raw]
-                reason = next(filter(None, (filter_reason(t, cfg.min_chars, cfg.max_chars) for t in texts)), None)
+                texts = [clean_line(x, lower, accents) for x in raw]
+                reason = None
+                for t in texts:  # the first side with a reason gives it (filter_reason's rule, inlined)
+                    if len(t) < min_chars:
+                        reason = "too_short"
+                        break
+                    if len(t) > max_chars:
+                        reason = "too_long"
+                        break
                 if reason:
                     out.dropped[reason] += 1
                 else:
@@ -297,12 +305,15 @@ def clean_source(src: Source, cfg: PrepareConfig, work_dir: Path, progress: bool
                 is_new = seen.add(hashes)
                 out.dropped["duplicate"] += len(survivors) - int(is_new.sum())
                 survivors = [t for t, new in zip(survivors, is_new) if new]
-            for texts in survivors:
+            i = 0
+            while i < len(survivors):  # written a chunk's worth at a time, noting where each chunk starts
                 if out.n_lines % cfg.chunk_lines == 0:
                     out.chunk_starts.append(tuple(f.tell() for f in handles))
-                for f, text in zip(handles, texts):
-                    f.write(text + "\n")
-                out.n_lines += 1
+                take = min(len(survivors) - i, cfg.chunk_lines - out.n_lines % cfg.chunk_lines)
+                for side, f in enumerate(handles):
+                    f.write("".join(t[side] + "\n" for t in survivors[i:i + take]))
+                out.n_lines += take
+                i += take
     finally:
         bar.close()
         for f in handles:
