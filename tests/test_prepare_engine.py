@@ -283,9 +283,21 @@ def test_encode_lines_matches_tokenizers_on_odd_input(tmp_path):
     from xlmkit.prepare import encode_lines
 
     tok = train_tokenizer([f"word{i % 37} and more text {i}" for i in range(3000)], ["en"], "unigram", 120)
-    lines = ["word1 and", "", "ünknown ☃ chars", "a <mask> b"]
+    lines = ["word1 and", "", "ünknown ☃ chars", "a <mask> b", "word2 and more " * 200]  # the last: > 2000 chars
     flat, lengths = encode_lines(tok, lines, 2, "uint16")
     want = [e.ids + [2] for e in tok.encode_batch(lines, add_special_tokens=False)]
     assert lengths.tolist() == [len(x) for x in want]
     assert flat.tolist() == [i for x in want for i in x]
     assert np.dtype(flat.dtype) == np.uint16
+
+
+def test_only_tokenizers_on_xlmkits_score_grid_use_sentencepiece():
+    """A Unigram tokenizer.json from elsewhere (scores off the 2^-7 grid: float32 sums would round
+    otherwise than tokenizers' float64) and BPE are encoded by tokenizers itself."""
+    tok = train_tokenizer([f"word{i % 37} and more text {i}" for i in range(3000)], ["en"], "unigram", 120)
+    assert FastEncoder(tok).engine == "sentencepiece"
+    data = json.loads(tok.to_str())
+    data["model"]["vocab"] = [[p, sc - 0.1 if sc < 0 else sc] for p, sc in data["model"]["vocab"]]
+    assert FastEncoder(Tokenizer.from_str(json.dumps(data))).engine == "tokenizers"
+    bpe = train_tokenizer([f"word{i % 37} and more text {i}" for i in range(3000)], ["en"], "bpe", 120)
+    assert FastEncoder(bpe).engine == "tokenizers"

@@ -48,6 +48,9 @@ SCORE_QUANTUM = 2.0**-7  # unigram scores are multiples of this (see the module 
 SPM_TRAIN_THREADS = 2  # fixed, not the worker count: SentencePiece's EM sums depend on the thread split
 MAX_CHAR_SHARE = 0.75  # characters may take at most this share of the non-special vocabulary
 N_BYTE_PIECES = 256
+# Longer lines go through `tokenizers`: a Viterbi sum of more pieces (each score >= -50 on the 2^-7
+# grid, <unk> >= -60) could leave float32's exact range (2^17 at that step) and break ties differently.
+MAX_EXACT_CHARS = 2000
 
 
 # ----------------------------------------------------------------------------------------------
@@ -314,7 +317,7 @@ def _train_unigram_hf(get, specials, vocab_size, lowercase, strip_accents, n_sen
     if tok.get_vocab_size() > vocab_size:
         tok = trim_unigram(tok, vocab_size, len(specials))
     data = json.loads(tok.to_str())
-    data["model"]["vocab"] = [[p, round(sc / SCORE_QUANTUM) * SCORE_QUANTUM if i >= len(specials) else 0.0]
+    data["model"]["vocab"] = [[p, max(round(sc / SCORE_QUANTUM) * SCORE_QUANTUM, -50.0) if i >= len(specials) else 0.0]
                               for i, (p, sc) in enumerate(data["model"]["vocab"])]
     return Tokenizer.from_str(json.dumps(data))
 
@@ -360,7 +363,7 @@ def _train_unigram(get, specials, vocab_size, lowercase, strip_accents, coverage
     vocab = []
     for p in proto.pieces:
         normal = p.type == pb.ModelProto.SentencePiece.NORMAL
-        vocab.append((p.piece, round(p.score / SCORE_QUANTUM) * SCORE_QUANTUM if normal else 0.0))
+        vocab.append((p.piece, max(round(p.score / SCORE_QUANTUM) * SCORE_QUANTUM, -50.0) if normal else 0.0))
     if len(vocab) != vocab_size:
         raise _too_large("unigram", vocab_size, len(vocab))
     return unigram_tokenizer(vocab, specials.index("<unk>"), specials, lowercase, strip_accents, byte_fallback)
@@ -395,7 +398,9 @@ class FastEncoder:
 
     The SentencePiece model is rebuilt from the tokenizer.json itself (same pieces, ids and scores),
     so the file is the one source of truth. Lines holding the text of a special token or byte piece
-    (which `tokenizers` matches as that token, SentencePiece never) go through `tokenizers`.
+    (which `tokenizers` matches as that token, SentencePiece never) and lines over MAX_EXACT_CHARS
+    go through `tokenizers`. A Unigram file whose scores are off xlmkit's grid (made elsewhere) is
+    encoded by `tokenizers` alone.
     """
 
     def __init__(self, tok):
@@ -411,7 +416,7 @@ class FastEncoder:
             return [e.ids for e in self.tok.encode_batch_fast(lines, add_special_tokens=False)]
         ids = self.spm.encode(lines, out_type=int, num_threads=1)
         for i, line in enumerate(lines):
-            if "<" in line and self.special_re.search(line):
+            if ("<" in line and self.special_re.search(line)) or len(line) > MAX_EXACT_CHARS:
                 ids[i] = self.tok.encode(line, add_special_tokens=False).ids
         return ids
 
@@ -450,7 +455,9 @@ def _sentencepiece_from(tok):
             p.type = Piece.BYTE
         else:
             p.type = Piece.NORMAL
-            if p.score != score:  # a score float32 cannot hold exactly: sums would round differently
+            # only scores on xlmkit's grid (float32 holds them and their sums exactly): others would
+            # round differently in SentencePiece's float32 than in tokenizers' float64
+            if p.score != score or score != round(score / SCORE_QUANTUM) * SCORE_QUANTUM or score < -50:
                 return None, None
     spec = proto.trainer_spec
     spec.model_type, spec.vocab_size, spec.byte_fallback = pb.TrainerSpec.UNIGRAM, len(model["vocab"]), byte_fallback
