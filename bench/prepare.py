@@ -1,22 +1,26 @@
-"""Benchmark `xlmkit prepare`: raw-text throughput and peak memory at two input sizes (10x apart).
+"""Benchmark `xlmkit prepare` end to end against SentencePiece and Hugging Face `tokenizers` encoding
+the same text in the same run; peak memory at two input sizes 10x apart.
 
-    python bench/prepare.py                      # default: ~4 MB and ~40 MB, BPE tokenizer
-    python bench/prepare.py --sizes 10,100 --tokenizer unigram
+    python bench/prepare.py                      # default: ~4 MB and ~40 MB, unigram, vocab 8000, 2 workers
+    python bench/prepare.py --sizes 10,100 --tokenizer bpe
 
 Inputs are built by cycling the real monolingual text in ../shared/data/mono (or the synthetic
 corpus when it is missing), with a copy number appended to each repeated line so that every line is
-distinct: dedup keeps them all and the work really grows 10x. Each `xlmkit prepare` runs in its own
-subprocess; its peak RSS (the largest process of its tree: the parent or one encoding worker) comes
-from the kernel's rusage for that child (os.wait4; getrusage(RUSAGE_CHILDREN) reports the same
-maximum over all children).
+distinct: dedup keeps them all and the work really grows 10x.
 
-For comparison, the same encoding done the plain Hugging Face way: the whole file read into a list
-and `Tokenizer.encode_batch` over it in one process (tokenizers' own threads), also in a subprocess.
-The printed ratio is that time over our encode stage (reading the clean text, encoding in worker
-processes, writing shards): > 1 means the pipeline encodes faster.
+For each size, each in its own subprocess, its peak RSS from the kernel's rusage for that child
+(os.wait4: the largest process of its tree, the parent or one encoding worker):
 
-The default run takes about 2-3 minutes on 2 busy cores. BPE by default because Hugging Face's
-unigram trainer needs minutes on this much text, which would measure the trainer, not the pipeline.
+- xlmkit: `xlmkit prepare` (read, clean, dedup, train the tokenizer on its sample, encode in worker
+  processes, write shards); MB/s = input bytes / wall time of the whole command.
+- sentencepiece: the same tokenizer (the SentencePiece model that xlmkit rebuilds from the
+  tokenizer.json it wrote) encoding every input line, `encode(lines, num_threads=1)`, whole files in
+  memory: the bare encode rate of one core, the issue's reference point.
+- tokenizers: `Tokenizer.from_file(tokenizer.json).encode_batch(lines)`, whole files in memory (its own
+  threads): what xlmkit used before.
+
+Printed ratios: xlmkit end to end / (sentencepiece x workers) (the acceptance bar: >= 0.9), and
+xlmkit's encode stage alone / (sentencepiece x workers).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -79,23 +83,30 @@ def run_measured(cmd: list[str]) -> tuple[float, float, str]:
     return wall, usage.ru_maxrss / 1024, out
 
 
-HF_BASELINE = r"""
+# Each peer: load the tokenizer, read the files (not timed), encode every line (timed); print seconds, tokens.
+PEER = r"""
 import sys, time
 from tokenizers import Tokenizer
-tok = Tokenizer.from_file(sys.argv[1])
-t = time.perf_counter()
-n = 0
-for path in sys.argv[2:]:
-    lines = open(path, encoding="utf-8").read().splitlines()
-    n += sum(len(e.ids) for e in tok.encode_batch(lines, add_special_tokens=False))
-print(time.perf_counter() - t, n)
+engine, tok_path, paths = sys.argv[1], sys.argv[2], sys.argv[3:]
+tok = Tokenizer.from_file(tok_path)
+lines = [l.rstrip("\n") for p in paths for l in open(p, encoding="utf-8")]
+if engine == "sentencepiece":
+    from xlmkit.tokenizer import FastEncoder
+    sp = FastEncoder(tok).spm
+    assert sp is not None, "not a tokenizer SentencePiece can encode (BPE?)"
+    t = time.perf_counter()
+    ids = sp.encode(lines, out_type=int, num_threads=1)
+else:
+    t = time.perf_counter()
+    ids = [e.ids for e in tok.encode_batch(lines, add_special_tokens=False)]
+print(time.perf_counter() - t, sum(map(len, ids)))
 """
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="4,40", help="input sizes in MB, comma-separated (default 4,40)")
-    p.add_argument("--tokenizer", default="bpe", choices=["bpe", "unigram"])
+    p.add_argument("--tokenizer", default="unigram", choices=["bpe", "unigram"])
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--vocab", type=int, default=8000)
     p.add_argument("--sample", type=int, default=20000,
@@ -105,26 +116,34 @@ def main() -> int:
                    help="prepare.chunk_lines (default 5000: memory per chunk is bounded by this, so it is kept below "
                         "the lines per file of the smaller size, where chunks would otherwise be partial)")
     p.add_argument("--keep", action="store_true", help="keep the generated inputs and outputs")
+    p.add_argument("--build", nargs=2, metavar=("DIR", "MB"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.build:  # in a child process: a parent holding the text would pass its RSS on to every child
+        print(json.dumps({k: str(v) for k, v in build_inputs(Path(args.build[0]), float(args.build[1])).items()}))
+        return 0
     sizes = [float(s) for s in args.sizes.split(",")]
+    peers = ["sentencepiece", "tokenizers"] if args.tokenizer == "unigram" else ["tokenizers"]
 
-    tmp = Path(tempfile.mkdtemp(prefix="xlmkit-bench-prepare-"))
+    # Not imported here: a child's peak RSS starts from its parent's at fork, so the parent stays small.
+    cap = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+                         capture_output=True, text=True).stdout.strip() or "?"
     print(f"xlmkit prepare benchmark: tokenizer {args.tokenizer}, vocab {args.vocab}, workers {args.workers}, "
-          f"chunk_lines {args.chunk_lines}, tokenizer sample {args.sample}, "
-          f"{os.cpu_count()} CPUs; text from {MONO if MONO.is_dir() else 'xlmkit.synthetic'}")
-    header = (f"{'input MB':>8} {'lines':>9} {'wall s':>7} {'MB/s':>6} {'clean s':>7} {'tok s':>6} "
-              f"{'encode s':>8} {'peak RSS MB':>11} | {'HF encode_batch s':>17} {'HF RSS MB':>9} {'HF/ours':>7}")
-    print(header)
-    print("-" * len(header))
+          f"chunk_lines {args.chunk_lines}, tokenizer sample {args.sample}, {os.cpu_count()} CPUs ({cap}); "
+          f"text from {MONO if MONO.is_dir() else 'xlmkit.synthetic'}")
+    tmp = Path(tempfile.mkdtemp(prefix="xlmkit-bench-prepare-"))
     rows = []
     try:
         for size in sizes:
-            inputs = build_inputs(tmp / f"in{size:g}", size)
+            built = subprocess.run([sys.executable, __file__, "--build", str(tmp / f"in{size:g}"), str(size)],
+                                   capture_output=True, text=True, check=True, cwd=ROOT).stdout
+            inputs = {k: Path(v) for k, v in json.loads(built).items()}
             nbytes = sum(f.stat().st_size for f in inputs.values())
+            mb = nbytes / 1e6
             out = tmp / f"out{size:g}"
             cmd = [sys.executable, "-m", "xlmkit", "prepare", "--config", "tiny", "--quiet", "--out", str(out),
                    "--set", f"prepare.tokenizer={args.tokenizer}", "--set", f"prepare.vocab_size={args.vocab}",
-                   "--set", f"prepare.workers={args.workers}", "--set", f"prepare.tokenizer_sample_sentences={args.sample}",
+                   "--set", f"prepare.workers={args.workers}",
+                   "--set", f"prepare.tokenizer_sample_sentences={args.sample}",
                    "--set", f"prepare.chunk_lines={args.chunk_lines}"]
             for lang, path in inputs.items():
                 cmd += ["--mono", f"{lang}={path}"]
@@ -132,29 +151,47 @@ def main() -> int:
             manifest = json.loads((out / "manifest.json").read_text())
             t = manifest["timings_s"]
             lines = sum(s["lines_read"] for s in manifest["sources"])
-            hf_wall, hf_rss, hf_out = run_measured([sys.executable, "-c", HF_BASELINE, str(out / "tokenizer.json"),
-                                                    *map(str, inputs.values())])
-            hf_encode = float(hf_out.split()[0])
-            rows.append((nbytes / 1e6, lines, wall, rss, t, hf_encode, hf_rss))
-            print(f"{nbytes / 1e6:8.1f} {lines:9,d} {wall:7.1f} {nbytes / 1e6 / wall:6.2f} {t['clean']:7.1f} "
-                  f"{t['tokenizer']:6.1f} {t['encode']:8.1f} {rss:11.0f} | {hf_encode:17.1f} {hf_rss:9.0f} "
-                  f"{hf_encode / t['encode']:7.2f}", flush=True)
+            row = {"mb": mb, "lines": lines, "wall": wall, "rss": rss, "timings": t,
+                   "engine": manifest["tokenizer"].get("encoded_with", "?"), "peers": {}}
+            print(f"\n{mb:.1f} MB, {lines:,d} lines: xlmkit prepare {wall:.1f} s = {mb / wall:.2f} MB/s end to end "
+                  f"(clean {t['clean']:.1f} s, tokenizer {t['tokenizer']:.1f} s, encode {t['encode']:.1f} s = "
+                  f"{mb / t['encode']:.2f} MB/s with {row['engine']}), peak RSS {rss:.0f} MB", flush=True)
+            for peer in peers:
+                pwall, prss, pout = run_measured([sys.executable, "-c", PEER, peer, str(out / "tokenizer.json"),
+                                                  *map(str, inputs.values())])
+                secs = float(pout.split()[0])
+                row["peers"][peer] = (secs, prss)
+                print(f"    {peer:13s} encode {secs:6.1f} s = {mb / secs:6.2f} MB/s, peak RSS {prss:.0f} MB "
+                      f"(all lines in memory)", flush=True)
+            rows.append(row)
             if not args.keep:
-                import shutil
-
                 shutil.rmtree(inputs[next(iter(inputs))].parent)
                 shutil.rmtree(out)
     finally:
         if not args.keep:
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
+
+    print(f"\n{'input MB':>8} | {'xlmkit MB/s':>11} {'encode MB/s':>11} {'RSS MB':>6} | "
+          + " | ".join(f"{p + ' MB/s':>18} {'RSS MB':>6}" for p in peers)
+          + (f" | {'e2e / (spm x W)':>15} {'encode / (spm x W)':>18} {'spm / tokenizers':>16}" if "sentencepiece" in peers
+             else f" | {'e2e / tokenizers':>16}"))
+    for r in rows:
+        mb, w = r["mb"], args.workers
+        cells = " | ".join(f"{mb / r['peers'][p][0]:18.2f} {r['peers'][p][1]:6.0f}" for p in peers)
+        line = (f"{mb:8.1f} | {mb / r['wall']:11.2f} {mb / r['timings']['encode']:11.2f} {r['rss']:6.0f} | {cells}")
+        if "sentencepiece" in peers:
+            spm_rate = mb / r["peers"]["sentencepiece"][0]
+            line += (f" | {mb / r['wall'] / (spm_rate * w):15.2f} {mb / r['timings']['encode'] / (spm_rate * w):18.2f} "
+                     f"{r['peers']['tokenizers'][0] / r['peers']['sentencepiece'][0]:16.2f}")
+        else:
+            line += f" | {mb / r['wall'] / (mb / r['peers']['tokenizers'][0]):16.2f}"
+        print(line)
     if len(rows) >= 2:
-        (mb0, *_r0, rss0, _t0, _h0, hfr0), (mb1, *_r1, rss1, _t1, _h1, hfr1) = rows[0], rows[-1]
-        print(f"\ninput grew {mb1 / mb0:.1f}x: peak RSS {rss0:.0f} -> {rss1:.0f} MB ({rss1 / rss0:.2f}x) for xlmkit "
-              f"prepare, {hfr0:.0f} -> {hfr1:.0f} MB ({hfr1 / hfr0:.2f}x) for the in-memory encode_batch baseline")
-    all_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f"(getrusage(RUSAGE_CHILDREN) max over all runs: {all_children:.0f} MB)")
+        r0, r1 = rows[0], rows[-1]
+        print(f"\ninput grew {r1['mb'] / r0['mb']:.1f}x: peak RSS {r0['rss']:.0f} -> {r1['rss']:.0f} MB "
+              f"({r1['rss'] / r0['rss']:.2f}x) for xlmkit prepare; "
+              + "; ".join(f"{p} (in memory) {r0['peers'][p][1]:.0f} -> {r1['peers'][p][1]:.0f} MB "
+                          f"({r1['peers'][p][1] / r0['peers'][p][1]:.2f}x)" for p in peers))
     return 0
 
 

@@ -49,6 +49,12 @@ class PrepareConfig:
     workers: int = 2
     skip_bad_lines: bool = False  # skip lines with invalid UTF-8 instead of failing
     chunk_lines: int = 20_000  # lines per unit of streaming work
+    # Share of the sample's characters the vocabulary must cover (SentencePiece's; 0.9995 as XLM-R): the
+    # rarest become <unk> (or bytes). Lowered by itself when those characters would not fit the vocabulary.
+    character_coverage: float = 0.9995
+    byte_fallback: bool = False  # unigram only: characters outside the vocabulary become <0xXX> byte pieces
+    # Codes accepted as languages although not ISO 639-1 / 639-3 (private or new codes), e.g. "xx,pcm-ng".
+    extra_langs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check(self.vocab_size >= 16, f"prepare.vocab_size must be >= 16, got {self.vocab_size}")
@@ -64,6 +70,10 @@ class PrepareConfig:
         _check(self.chunk_lines >= 1, "prepare.chunk_lines must be >= 1")
         _check(self.tokenizer_sample_sentences >= 1, "prepare.tokenizer_sample_sentences must be >= 1")
         _check(self.seed >= 0, f"prepare.seed must be >= 0, got {self.seed}")
+        _check(0.0 < self.character_coverage <= 1.0,
+               f"prepare.character_coverage must be in (0, 1], got {self.character_coverage}")
+        _check(not self.byte_fallback or self.tokenizer == "unigram",
+               "prepare.byte_fallback needs prepare.tokenizer=unigram")
 
 
 @dataclass(frozen=True)

@@ -48,3 +48,19 @@ def canonical_pair(pair: str) -> str:
     if a == b:
         raise ValueError(f"language pair {pair!r} has the same language on both sides")
     return f"{a}-{b}"
+
+
+def check_lang(code: str, extra: tuple[str, ...] | list[str] = ()) -> str:
+    """canonical_lang, and the code must be ISO 639 (xlmkit.iso639: 639-1, 639-2/3/5, the local-use
+    range qaa-qtz) or one of `extra` (prepare.extra_langs), so that a typo ('fe' for 'fr') does not
+    silently become a new language. A subtag after the code ('zh-Hans', 'sr_Latn') is kept unchecked."""
+    from xlmkit.iso639 import ISO639_1, ISO639_3
+
+    lang = canonical_lang(code)
+    if lang in {canonical_lang(e) for e in extra} or code.strip().lower() in {e.strip().lower() for e in extra}:
+        return lang
+    base = lang.split("-")[0]
+    if base in ISO639_1 or base in ISO639_3 or (len(base) == 3 and "qaa" <= base <= "qtz"):
+        return lang
+    raise ValueError(f"{code!r} is not an ISO 639-1 or 639-3 language code; for a private code "
+                     f"set prepare.extra_langs={code}")

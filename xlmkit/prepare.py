@@ -43,8 +43,8 @@ import numpy as np
 from xlmkit.config import PrepareConfig, config_to_dict
 from xlmkit.data import FORMAT, FORMAT_VERSION, SPLITS, SpecialIds, shard_paths, shard_records
 from xlmkit.errors import DataError
-from xlmkit.langs import canonical_lang, canonical_pair
-from xlmkit.text import (HashSet64, clean_line, count_lines, file_sha256, filter_reason, line_hash,
+from xlmkit.langs import canonical_lang, canonical_pair, check_lang
+from xlmkit.text import (HashSet64, clean_line, count_lines, file_sha256, line_hash,
                          read_lines)
 
 # Settings that change how fast the output is made, not what it contains (left out of the stamp).
@@ -57,11 +57,14 @@ _NON_OUTPUT_SETTINGS = ("workers", "chunk_lines")
 
 @dataclass(frozen=True)
 class Source:
-    """One monolingual language (one file) or one parallel pair (two line-aligned files)."""
+    """One corpus: a monolingual file, or two line-aligned files of a parallel pair. A language or
+    pair may have several (news, UN, subtitles, ...): their lines go into the same shards, in order,
+    deduplicated across them."""
 
     kind: str  # "mono" | "para"
     name: str  # "en" or "en-fr"
     files: tuple[Path, ...]  # (path,) or (path_a, path_b) in pair order
+    given: str = field(default="", compare=False)  # how it was given, for messages
 
     @property
     def langs(self) -> tuple[str, ...]:
@@ -71,35 +74,27 @@ class Source:
 _PARA_NAME = re.compile(r"^(?:(?P<prefix>.+)\.)?(?P<a>[A-Za-z]{2,3})-(?P<b>[A-Za-z]{2,3})\.(?P<side>[A-Za-z]{2,3})$")
 
 
-def discover_inputs(data_dir: str | Path) -> tuple[dict[str, Path], dict[str, tuple[Path, Path]]]:
-    """Find monolingual `{lang}.txt` and parallel `[name.]{a}-{b}.{a}` / `.{b}` files.
-
-    Looks in `data_dir` itself and in its `mono/` and `parallel/` subfolders (other subfolders, such
-    as evaluation sets, are ignored). Codes are canonicalised (mono/eng.txt -> 'en'); two files for
-    the same language or pair are an error.
-    """
+def _discover(data_dir: str | Path) -> list[tuple[str, str, tuple[Path, ...]]]:
+    """(kind, canonical code, files) of every corpus in `data_dir` and its mono/ and parallel/."""
     root = Path(data_dir)
     if not root.is_dir():
         raise DataError(f"data directory not found: {root}")
     folders = [root] + [root / sub for sub in ("mono", "parallel") if (root / sub).is_dir()]
-    mono: dict[str, Path] = {}
+    found: list[tuple[str, str, tuple[Path, ...]]] = []
     sides: dict[tuple[str, str], dict[str, Path]] = {}  # (prefix, raw pair) -> {raw side code: path}
     for folder in folders:
         for path in sorted(p for p in folder.iterdir() if p.is_file()):
             if path.suffix == ".txt" and "." not in path.stem:
                 try:
-                    lang = canonical_lang(path.stem)
+                    found.append(("mono", path.stem, (path,)))
+                    canonical_lang(path.stem)
                 except ValueError:
-                    continue  # README.txt, notes.txt ...
-                if lang in mono:
-                    raise DataError(f"duplicate language {lang!r}: {mono[lang]} and {path}")
-                mono[lang] = path
+                    found.pop()  # README.txt, notes.txt ...
                 continue
             m = _PARA_NAME.match(path.name)
             if m and m["side"].lower() in (m["a"].lower(), m["b"].lower()):
                 raw_pair = f"{m['a']}-{m['b']}"
                 sides.setdefault((str(path.parent / (m["prefix"] or "")), raw_pair), {})[m["side"].lower()] = path
-    para: dict[str, tuple[Path, Path]] = {}
     for (_prefix, raw_pair), files in sorted(sides.items()):
         a, b = (x.lower() for x in raw_pair.split("-"))
         if a not in files or b not in files:
@@ -107,71 +102,124 @@ def discover_inputs(data_dir: str | Path) -> tuple[dict[str, Path], dict[str, tu
             missing = b if a in files else a
             raise DataError(f"{have}: parallel file without its other side (expected a file ending in "
                             f"{raw_pair}.{missing} beside it)")
-        try:
-            pair = canonical_pair(raw_pair)
-        except ValueError as e:
-            raise DataError(f"{files[a]}: {e}") from None
-        if pair in para or _reverse(pair) in para:
-            other = para.get(pair) or para.get(_reverse(pair))
-            raise DataError(f"duplicate language pair {pair!r}: {other[0]} and {files[a]}")
-        para[pair] = (files[a], files[b])
+        found.append(("para", raw_pair, (files[a], files[b])))
+    return found
+
+
+def discover_inputs(data_dir: str | Path) -> tuple[dict[str, Path | list[Path]],
+                                                   dict[str, tuple[Path, Path] | list[tuple[Path, Path]]]]:
+    """Find monolingual `{lang}.txt` and parallel `[name.]{a}-{b}.{a}` / `.{b}` files.
+
+    Looks in `data_dir` itself and in its `mono/` and `parallel/` subfolders (other subfolders, such
+    as evaluation sets, are ignored; give them as further data directories). Codes are canonicalised
+    (mono/eng.txt -> 'en'). A language or pair with one corpus maps to its path (pair of paths), one
+    with several to the list of them; the same text twice for one language is an error.
+    """
+    sources = _dedupe([_as_source(kind, code, files, " ".join(map(str, files)), ()) for kind, code, files
+                       in _discover(data_dir)], check_iso=False)
+    mono: dict = {}
+    para: dict = {}
+    for src in sources:
+        target, value = (mono, src.files[0]) if src.kind == "mono" else (para, src.files)
+        if src.name in target:
+            prev = target[src.name]
+            target[src.name] = (prev if isinstance(prev, list) else [prev]) + [value]
+        else:
+            target[src.name] = value
     return mono, para
 
 
-def _reverse(pair: str) -> str:
-    a, b = pair.split("-")
-    return f"{b}-{a}"
-
-
-def resolve_sources(mono: dict[str, str | Path] | None = None,
-                    para: dict[str, tuple[str | Path, str | Path]] | None = None,
-                    data_dir: str | Path | None = None) -> list[Source]:
-    """Merge discovered and explicit inputs into Sources with canonical codes; check the files exist.
-
-    'eng' and 'en' are the same language, so `{'en': a, 'eng': b}` is a duplicate, as is a pair given
-    both ways round ('en-fr' and 'fr-en').
-    """
-    items_mono: list[tuple[str, Path]] = []  # (code as given, path)
-    items_para: list[tuple[str, tuple[Path, Path]]] = []
-    if data_dir is not None:
-        found_mono, found_para = discover_inputs(data_dir)
-        items_mono += list(found_mono.items())
-        items_para += list(found_para.items())
-    items_mono += [(k, Path(v)) for k, v in (mono or {}).items()]
-    for k, v in (para or {}).items():
-        if len(v) != 2:
-            raise DataError(f"parallel pair {k!r} needs two files, got {len(v)}")
-        items_para.append((k, (Path(v[0]), Path(v[1]))))
-
-    sources: dict[str, Source] = {}
-    given: dict[str, str] = {}  # how each language / pair was given, for duplicate messages
-    for code, path in items_mono:
+def _as_source(kind: str, code: str, files: tuple[Path, ...], given: str, extra_langs, check_iso: bool = True
+               ) -> Source:
+    """A Source with canonical, ISO 639-checked codes (or codes listed in prepare.extra_langs)."""
+    check = (lambda c: check_lang(c, extra_langs)) if check_iso else canonical_lang
+    if kind == "mono":
         try:
-            lang = canonical_lang(code)
-        except ValueError:
-            raise DataError(f"unknown language code {code!r} for {path} "
-                            f"(expected ISO 639-1 or 639-3, e.g. 'en' or 'eng')") from None
-        if lang in sources:
-            raise DataError(f"duplicate language {lang!r}: {given[lang]} and {code}={path} are the same language")
-        sources[lang], given[lang] = Source("mono", lang, (path,)), f"{code}={path}"
-    for code, paths in items_para:
-        try:
-            pair = canonical_pair(code)
+            return Source("mono", check(code), files, given)
         except ValueError as e:
-            raise DataError(f"bad language pair {code!r} for {paths[0]}, {paths[1]}: {e}") from None
-        key = "para:" + "-".join(sorted(pair.split("-")))
-        if key in sources:
-            raise DataError(f"duplicate language pair {pair!r}: {given[key]} and {code}={paths[0]},{paths[1]}")
-        sources[key], given[key] = Source("para", pair, paths), f"{code}={paths[0]},{paths[1]}"
-    if not sources:
-        where = f" in {data_dir} (looked for {{lang}}.txt and {{a}}-{{b}}.{{a}} files, also in mono/ and parallel/)" \
-            if data_dir is not None else ""
-        raise DataError(f"no input text{where}; give --data-dir, --mono or --para")
-    for src in sources.values():
+            raise DataError(f"unknown language code {code!r} for {files[0]} ({e})") from None
+    try:
+        pair = canonical_pair(code)
+        for lang in code.split("-"):
+            check(lang)
+    except ValueError as e:
+        raise DataError(f"bad language pair {code!r} for {files[0]}, {files[1]}: {e}") from None
+    return Source("para", pair, files, given)
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _dedupe(sources: list[Source], check_iso: bool = True) -> list[Source]:
+    """One orientation per pair (the first corpus's; later ones given the other way round are
+    swapped), existing files, and no text given twice for one language or pair (same sha256)."""
+    orientation: dict[frozenset, str] = {}
+    out: list[Source] = []
+    seen: dict[tuple, Source] = {}
+    for src in sources:
+        if src.kind == "para":
+            key = frozenset(src.name.split("-"))
+            first = orientation.setdefault(key, src.name)
+            if first != src.name:
+                src = Source("para", first, src.files[::-1], src.given)
         for path in src.files:
             if not path.is_file():
                 raise DataError(f"{path}: file not found ({src.kind} input for {src.name})")
-    return sorted(sources.values(), key=lambda s: (s.kind != "mono", s.name))
+        sig = (src.kind, src.name, tuple(file_sha256_cached(p) for p in src.files))
+        if sig in seen:
+            what = "language" if src.kind == "mono" else "language pair"
+            name = src.name if src.kind == "mono" else src.given.split("=", 1)[0] if "=" in src.given else src.name
+            raise DataError(f"duplicate {what} {name!r}: {seen[sig].given} and {src.given} are the same text")
+        seen[sig] = src
+        out.append(src)
+    return out
+
+
+def resolve_sources(mono: dict | None = None, para: dict | None = None, data_dir=None,
+                    extra_langs: tuple[str, ...] = ()) -> list[Source]:
+    """Merge discovered and explicit inputs into Sources with canonical codes; check the files exist.
+
+    `mono` maps a language to a file or a list of files, `para` a pair to (file_a, file_b) or a list
+    of such; `data_dir` is one directory or a list. Several corpora per language or pair are kept
+    (in the order given), but the same text twice is an error: 'eng' and 'en' are one language, so
+    `{'en': a, 'eng': a_copy}` is a duplicate, as is one pair given both ways round. Codes must be
+    ISO 639-1 / 639-3 or listed in `extra_langs`.
+    """
+    items: list[Source] = []
+    for d in _as_list(data_dir):
+        for kind, code, files in _discover(d):
+            items.append(_as_source(kind, code, files, " ".join(map(str, files)), extra_langs))
+    for code, value in (mono or {}).items():
+        for path in _as_list(value):
+            items.append(_as_source("mono", code, (Path(path),), f"{code}={path}", extra_langs))
+    for code, value in (para or {}).items():
+        single = isinstance(value, tuple) and all(isinstance(x, (str, Path)) for x in value)
+        for files in ([value] if single else _as_list(value)):
+            if len(files) != 2:
+                raise DataError(f"parallel pair {code!r} needs two files, got {len(files)}")
+            files = (Path(files[0]), Path(files[1]))
+            items.append(_as_source("para", code, files, f"{code}={files[0]},{files[1]}", extra_langs))
+    if not items:
+        dirs = ", ".join(map(str, _as_list(data_dir)))
+        where = f" in {dirs} (looked for {{lang}}.txt and {{a}}-{{b}}.{{a}} files, also in mono/ and parallel/)" \
+            if dirs else ""
+        raise DataError(f"no input text{where}; give --data-dir, --mono or --para")
+    sources = _dedupe(items)
+    return sorted(sources, key=lambda s: (s.kind != "mono", s.name))  # stable: corpora keep their order
+
+
+_SHA_CACHE: dict[tuple, str] = {}
+
+
+def file_sha256_cached(path: Path) -> str:
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        _SHA_CACHE[key] = file_sha256(path)
+    return _SHA_CACHE[key]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,22 +252,30 @@ def _paired_lines(src: Source, cfg: PrepareConfig) -> Iterator[tuple[str | None,
         yield a, b
 
 
+def progress_bar(progress: bool, **kwargs):
+    """A tqdm bar on an interactive terminal only, and only once a step has run for a second: in a
+    log file or CI output, bars are lines of carriage returns and `clean de: 0 lines`."""
+    from tqdm import tqdm
+
+    shown = progress and sys.stderr.isatty()
+    return tqdm(disable=not shown, file=sys.stderr, mininterval=0.5, delay=1.0, leave=False, **kwargs)
+
+
 def clean_source(src: Source, cfg: PrepareConfig, work_dir: Path, progress: bool = False,
-                 batch_lines: int = 4096) -> Cleaned:
+                 batch_lines: int = 4096, seen: HashSet64 | None = None, index: int = 0) -> Cleaned:
     """Stream one source through cleaning into work files (one clean line per line).
 
     Lines go through in batches so that dedup (a HashSet64 of 64-bit line hashes, the only state
-    that grows with the corpus) costs a few numpy operations per batch rather than per line.
+    that grows with the corpus) costs a few numpy operations per batch rather than per line. `seen`
+    is shared by the corpora of one language or pair, so dedup runs across them.
     """
-    from tqdm import tqdm
-
-    work_files = tuple(work_dir / f"{src.kind}.{src.name}.{i}.txt" for i in range(len(src.files)))
+    work_files = tuple(work_dir / f"{src.kind}.{src.name}.{index}.{i}.txt" for i in range(len(src.files)))
     out = Cleaned(src, work_files, cfg.chunk_lines)
-    seen = HashSet64()
+    seen = HashSet64() if seen is None else seen
     lines = ((x,) for x in read_lines(src.files[0], cfg.max_lines, cfg.skip_bad_lines)) \
         if src.kind == "mono" else _paired_lines(src, cfg)
-    bar = tqdm(desc=f"clean {src.name}", unit=" lines", disable=not progress, file=sys.stderr,
-               mininterval=0.5, leave=False)
+    bar = progress_bar(progress, desc=f"clean {src.name}", unit=" lines")
+    lower, accents, min_chars, max_chars = cfg.lowercase, cfg.strip_accents, cfg.min_chars, cfg.max_chars
     handles = [open(p, "w", encoding="utf-8", newline="\n") for p in work_files]
     try:
         while batch := list(itertools.islice(lines, batch_lines)):
@@ -227,11 +283,18 @@ def clean_source(src: Source, cfg: PrepareConfig, work_dir: Path, progress: bool
             bar.update(len(batch))
             survivors = []
             for raw in batch:
-                if any(x is None for x in raw):
+                if None in raw:
                     out.dropped["bad_utf8"] += 1
                     continue
-                texts = [clean_line(x, cfg.lowercase, cfg.strip_accents) for x in raw]
-                reason = next(filter(None, (filter_reason(t, cfg.min_chars, cfg.max_chars) for t in texts)), None)
+                texts = [clean_line(x, lower, accents) for x in raw]
+                reason = None
+                for t in texts:  # the first side with a reason gives it (filter_reason's rule, inlined)
+                    if len(t) < min_chars:
+                        reason = "too_short"
+                        break
+                    if len(t) > max_chars:
+                        reason = "too_long"
+                        break
                 if reason:
                     out.dropped[reason] += 1
                 else:
@@ -242,12 +305,15 @@ def clean_source(src: Source, cfg: PrepareConfig, work_dir: Path, progress: bool
                 is_new = seen.add(hashes)
                 out.dropped["duplicate"] += len(survivors) - int(is_new.sum())
                 survivors = [t for t, new in zip(survivors, is_new) if new]
-            for texts in survivors:
+            i = 0
+            while i < len(survivors):  # written a chunk's worth at a time, noting where each chunk starts
                 if out.n_lines % cfg.chunk_lines == 0:
                     out.chunk_starts.append(tuple(f.tell() for f in handles))
-                for f, text in zip(handles, texts):
-                    f.write(text + "\n")
-                out.n_lines += 1
+                take = min(len(survivors) - i, cfg.chunk_lines - out.n_lines % cfg.chunk_lines)
+                for side, f in enumerate(handles):
+                    f.write("".join(t[side] + "\n" for t in survivors[i:i + take]))
+                out.n_lines += take
+                i += take
     finally:
         bar.close()
         for f in handles:
@@ -311,7 +377,8 @@ def fit_tokenizer(cleaned: list[Cleaned], cfg: PrepareConfig, progress: bool = F
 
     _, sizes = sample()
     tok = train_tokenizer(lambda: sample()[0], sorted(sizes), cfg.tokenizer, cfg.vocab_size, cfg.lowercase,
-                          cfg.strip_accents, n_sentences=cfg.tokenizer_sample_sentences, show_progress=progress)
+                          cfg.strip_accents, n_sentences=cfg.tokenizer_sample_sentences,
+                          character_coverage=cfg.character_coverage, byte_fallback=cfg.byte_fallback)
     return tok, sizes
 
 
@@ -332,23 +399,35 @@ def split_indices(n: int, cfg: PrepareConfig, name: str) -> tuple[np.ndarray, np
     return np.sort(chosen[:n_valid]), np.sort(chosen[n_valid:])
 
 
-_WORKER_TOKENIZER = None
+_WORKER_ENCODER = None
 
 
 def _init_worker(tokenizer_json: str) -> None:
     """Load the tokenizer once per process (workers inherit TOKENIZERS_PARALLELISM=false: the
     processes are the parallelism)."""
-    global _WORKER_TOKENIZER
+    global _WORKER_ENCODER
     from tokenizers import Tokenizer
 
-    _WORKER_TOKENIZER = Tokenizer.from_str(tokenizer_json)
+    from xlmkit.tokenizer import FastEncoder
+
+    _WORKER_ENCODER = FastEncoder(Tokenizer.from_str(tokenizer_json))
 
 
-def encode_lines(tok, lines: list[str], eos: int, dtype: str) -> tuple[np.ndarray, np.ndarray]:
-    """-> (ids with </s> after every sentence, per-sentence lengths including the </s>)."""
-    ids = [e.ids for e in tok.encode_batch_fast(lines, add_special_tokens=False)]
-    lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
-    flat = np.fromiter(itertools.chain.from_iterable(x + [eos] for x in ids), dtype=dtype, count=int(lengths.sum()))
+def encode_lines(encoder, lines: list[str], eos: int, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """-> (ids with </s> after every sentence, per-sentence lengths including the </s>). `encoder` is
+    an xlmkit.tokenizer.FastEncoder or a `tokenizers` Tokenizer."""
+    if not hasattr(encoder, "engine"):
+        from xlmkit.tokenizer import FastEncoder
+
+        encoder = FastEncoder(encoder)
+    ids = encoder.encode(lines)
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)) + 1
+    ends = np.cumsum(lengths) - 1
+    flat = np.empty(int(lengths.sum()), dtype=dtype)
+    body = np.ones(len(flat), dtype=bool)
+    body[ends] = False
+    flat[body] = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=len(flat) - len(ids))
+    flat[ends] = eos
     return flat, lengths
 
 
@@ -357,7 +436,7 @@ def _encode_task(task: tuple) -> list[tuple[np.ndarray, np.ndarray]]:
     out = []
     for path, start in zip(files, starts):
         lines = list(_read_work_lines(path, start, n))
-        out.append(encode_lines(_WORKER_TOKENIZER, lines, eos, dtype))
+        out.append(encode_lines(_WORKER_ENCODER, lines, eos, dtype))
     return out
 
 
@@ -449,61 +528,67 @@ def _split_labels(start: int, n: int, valid: np.ndarray, test: np.ndarray) -> np
 
 def encode_sources(cleaned: list[Cleaned], tok, out: Path, cfg: PrepareConfig, dtype: str,
                    progress: bool = False, specials: SpecialIds | None = None) -> dict[str, dict]:
-    """Encode every source into its split shards; return the per-source manifest counts."""
-    from tqdm import tqdm
-
+    """Encode every source into the split shards of its language / pair (the corpora of one in the
+    order given, one after another); return the manifest counts, and per corpus its split sizes
+    (`counts["corpora"][i]` for cleaned[i])."""
     specials = specials or SpecialIds()
     tasks, owners = [], []
     for ci, c in enumerate(cleaned):
         for t in _chunk_tasks(c, dtype, specials.eos):
             tasks.append(t)
             owners.append(ci)
+    group_lines: dict[tuple[str, str], int] = {}
+    for c in cleaned:
+        key = (c.source.kind, c.source.name)
+        group_lines[key] = group_lines.get(key, 0) + c.n_lines
     unk = specials.unk
-    counts: dict[str, dict] = {"mono": {}, "para": {}}
-    bar = tqdm(total=sum(c.n_lines for c in cleaned), desc="encode", unit=" lines", disable=not progress,
-               file=sys.stderr, mininterval=0.5)
+    counts: dict = {"mono": {}, "para": {}, "corpora": [dict.fromkeys(SPLITS, 0) for _ in cleaned]}
+    bar = progress_bar(progress, total=sum(c.n_lines for c in cleaned), desc="encode", unit=" lines")
     writers: list[list[ShardWriter]] = []  # [split][side]
-    current, line0, valid, test = -1, 0, None, None
+    group, line0, valid, test = None, 0, None, None
     results = _run_tasks(tasks, tok.to_str(), cfg.workers)
     for ci, result in zip(owners, results):
-        if ci != current:
+        c = cleaned[ci]
+        if (c.source.kind, c.source.name) != group:
             if writers:
-                _finish(cleaned[current], writers, counts)
-            current, line0 = ci, 0
-            c = cleaned[ci]
-            valid, test = split_indices(c.n_lines, cfg, c.source.name)
+                _finish(group, writers, counts)
+            group, line0 = (c.source.kind, c.source.name), 0
+            valid, test = split_indices(group_lines[group], cfg, c.source.name)
             writers = [[ShardWriter(*shard_paths(out, c.source.kind, c.source.name, split,
                                                  None if c.source.kind == "mono" else lang), dtype, unk)
                         for lang in c.source.langs] for split in SPLITS]
         n = len(result[0][1])
         labels = _split_labels(line0, n, valid, test)
-        for si in range(len(SPLITS)):
+        for si, split in enumerate(SPLITS):
             keep = labels == si
             if not keep.any():
                 continue
+            counts["corpora"][ci][split] += int(keep.sum())
             for side, (ids, lengths) in enumerate(result):
                 writers[si][side].append(ids[np.repeat(keep, lengths)], lengths[keep])
         line0 += n
         bar.update(n)
     if writers:
-        _finish(cleaned[current], writers, counts)
+        _finish(group, writers, counts)
     bar.close()
     return counts
 
 
-def _finish(c: Cleaned, writers: list[list[ShardWriter]], counts: dict) -> None:
+def _finish(group: tuple[str, str], writers: list[list[ShardWriter]], counts: dict) -> None:
+    kind, name = group
+    langs = (name,) if kind == "mono" else tuple(name.split("-"))
     entry = {}
     for split, sides in zip(SPLITS, writers):
         for w in sides:
             w.close()
-        if c.source.kind == "mono":
+        if kind == "mono":
             w = sides[0]
             entry[split] = {"sentences": w.sentences, "tokens": w.tokens, "unk": w.unk}
         else:
             entry[split] = {"sentences": sides[0].sentences,
-                            "tokens": {lang: w.tokens for lang, w in zip(c.source.langs, sides)},
-                            "unk": {lang: w.unk for lang, w in zip(c.source.langs, sides)}}
-    counts[c.source.kind][c.source.name] = entry
+                            "tokens": {lang: w.tokens for lang, w in zip(langs, sides)},
+                            "unk": {lang: w.unk for lang, w in zip(langs, sides)}}
+    counts[kind][name] = entry
 
 
 # ----------------------------------------------------------------------------------------------
@@ -583,7 +668,7 @@ def reuse_tokenizer(path: str | Path, languages: list[str]) -> ReusedTokenizer:
 
 def input_stamp(sources: list[Source], cfg: PrepareConfig) -> tuple[str, dict[Path, str]]:
     """sha256 of (format, output-relevant settings, input file hashes); and the file hashes."""
-    hashes = {p: file_sha256(p) for s in sources for p in s.files}
+    hashes = {p: file_sha256_cached(p) for s in sources for p in s.files}
     settings = {k: v for k, v in config_to_dict(cfg).items() if k not in _NON_OUTPUT_SETTINGS}
     key = {"format": FORMAT, "version": FORMAT_VERSION, "settings": settings,
            "inputs": [[s.kind, s.name, [hashes[p] for p in s.files]] for s in sources]}
@@ -653,28 +738,28 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 def _clean_all(sources: list[Source], cfg: PrepareConfig, work: Path, progress: bool) -> list[Cleaned]:
     work.mkdir(parents=True, exist_ok=True)
     cleaned = []
-    for src in sources:
-        c = clean_source(src, cfg, work, progress)
-        _log(progress, f"  {src.kind} {src.name}: {c.n_lines} lines kept of {c.lines_read}"
-             + "".join(f", {v} {k}" for k, v in c.dropped.items() if v))
+    seen: dict[tuple[str, str], HashSet64] = {}  # one dedup set per language / pair, across its corpora
+    for i, src in enumerate(sources):
+        c = clean_source(src, cfg, work, progress, seen=seen.setdefault((src.kind, src.name), HashSet64()), index=i)
+        _log(progress, f"  {src.kind} {src.name} ({' / '.join(p.name for p in src.files)}): {c.n_lines} lines kept "
+                       f"of {c.lines_read}" + "".join(f", {v} {k}" for k, v in c.dropped.items() if v))
         cleaned.append(c)
     return cleaned
 
 
-def prepare_data(cfg: PrepareConfig, out_dir: str | Path, mono: dict[str, str | Path] | None = None,
-                 para: dict[str, tuple[str | Path, str | Path]] | None = None,
-                 data_dir: str | Path | None = None, progress: bool = True,
-                 tokenizer: str | Path | None = None) -> Path:
+def prepare_data(cfg: PrepareConfig, out_dir: str | Path, mono: dict | None = None, para: dict | None = None,
+                 data_dir=None, progress: bool = True, tokenizer: str | Path | None = None) -> Path:
     """Clean, tokenize and shard the inputs into `out_dir` (format: xlmkit/data.py). Returns out_dir.
 
-    `mono` maps language -> text file, `para` maps 'a-b' -> (file_a, file_b); `data_dir` adds what
-    `discover_inputs` finds there. Codes may be ISO 639-1 or 639-3 ('eng' == 'en'). `tokenizer` (a run
+    `mono` maps language -> text file (or a list of them), `para` maps 'a-b' -> (file_a, file_b) (or a
+    list of such); `data_dir` (one or a list) adds what `discover_inputs` finds there. Codes are ISO
+    639-1 or 639-3 ('eng' == 'en') or listed in `cfg.extra_langs`. `tokenizer` (a run
     directory or its tokenizer.json) reuses that run's tokenizer and ids instead of training one
     (`reuse_tokenizer`), for continued pretraining of the run.
     """
     t0 = time.perf_counter()
     out = Path(out_dir)
-    sources = resolve_sources(mono, para, data_dir)
+    sources = resolve_sources(mono, para, data_dir, cfg.extra_langs)
     stamp, hashes = input_stamp(sources, cfg)
     reused = None
     if tokenizer is not None:
@@ -703,6 +788,9 @@ def prepare_data(cfg: PrepareConfig, out_dir: str | Path, mono: dict[str, str | 
             ids = {"lang2id": {lang: i for i, lang in enumerate(languages)}, "vocab_size": info.vocab_size,
                    "specials": info.specials, "lang_tokens": info.lang_tokens}
             tokenizer_entry = {"file": "tokenizer.json", "type": cfg.tokenizer, "vocab_size": info.vocab_size,
+                               "trained_with": _engine_version("sentencepiece" if cfg.tokenizer == "unigram"
+                                                               else "tokenizers"),
+                               "character_coverage": cfg.character_coverage, "byte_fallback": cfg.byte_fallback,
                                "alpha": cfg.alpha, "sample_sentences": sample_sizes,
                                "sample_shares": language_shares(line_counts, cfg.alpha)}
         else:
@@ -716,7 +804,12 @@ def prepare_data(cfg: PrepareConfig, out_dir: str | Path, mono: dict[str, str | 
         timings["tokenizer"] = time.perf_counter() - t
         dtype = "uint16" if ids["vocab_size"] <= 1 << 16 else "int32"
         t = time.perf_counter()
+        from xlmkit.tokenizer import FastEncoder
+
+        engine = FastEncoder(tok).engine
+        _log(progress, f"  encoding with {engine} in {cfg.workers} worker process{'es' if cfg.workers > 1 else ''}")
         counts = encode_sources(cleaned, tok, tmp, cfg, dtype, progress, SpecialIds(**ids["specials"]))
+        tokenizer_entry["encoded_with"] = _engine_version(engine)
         timings["encode"] = time.perf_counter() - t
         shutil.rmtree(tmp / "work")
         manifest = {
@@ -733,7 +826,7 @@ def prepare_data(cfg: PrepareConfig, out_dir: str | Path, mono: dict[str, str | 
             "mono": counts["mono"],
             "para": counts["para"],
             "shards": shard_records(tmp),  # size + sha256 of each shard file, checked when opened
-            "sources": [_source_entry(c, hashes) for c in cleaned],
+            "sources": [_source_entry(c, hashes, splits) for c, splits in zip(cleaned, counts["corpora"])],
             "config": config_to_dict(cfg),
             "tokenizer": tokenizer_entry,
             "stamp": stamp,
@@ -749,20 +842,29 @@ def prepare_data(cfg: PrepareConfig, out_dir: str | Path, mono: dict[str, str | 
     return out
 
 
-def _source_entry(c: Cleaned, hashes: dict[Path, str]) -> dict:
+def _source_entry(c: Cleaned, hashes: dict[Path, str], splits: dict[str, int]) -> dict:
+    """One corpus: its files, what cleaning kept and dropped (duplicates include lines already seen in
+    an earlier corpus of the same language / pair) and how many of its sentences went to each split."""
     return {
         "kind": c.source.kind, "name": c.source.name,
         "files": [{"path": str(p.resolve()), "sha256": hashes[p]} for p in c.source.files],
         "lines_read": c.lines_read, "kept": c.n_lines,
         "dropped": dict(c.dropped), "dropped_total": sum(c.dropped.values()),
+        "sentences": dict(splits),
     }
+
+
+def _engine_version(engine: str) -> str:
+    from importlib.metadata import version
+
+    return f"{engine} {version(engine)}"
 
 
 def train_tokenizer_only(cfg: PrepareConfig, out_dir: str | Path, mono=None, para=None, data_dir=None,
                          progress: bool = True) -> Path:
     """Clean the inputs and train the shared tokenizer; write only OUT/tokenizer.json. Returns its path."""
     out = Path(out_dir)
-    sources = resolve_sources(mono, para, data_dir)
+    sources = resolve_sources(mono, para, data_dir, cfg.extra_langs)
     if (out / "manifest.json").is_file():
         raise DataError(f"{out} is a prepared data directory: its tokenizer.json must stay the one its shards "
                         f"were encoded with; write the tokenizer elsewhere")
@@ -784,12 +886,14 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     from xlmkit.config import add_config_arguments
 
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--data-dir", help="folder with {lang}.txt and [name.]{a}-{b}.{a}/.{b} files "
-                                           "(also looked for in its mono/ and parallel/ subfolders)")
+    parser.add_argument("--data-dir", action="append", default=None,
+                        help="folder with {lang}.txt and [name.]{a}-{b}.{a}/.{b} files (also looked for in its "
+                             "mono/ and parallel/ subfolders); repeatable")
     parser.add_argument("--mono", action="append", default=[], metavar="LANG=PATH",
-                        help="a monolingual text file, one sentence per line (repeatable)")
+                        help="a monolingual text file, one sentence per line (repeatable, also for one language: "
+                             "its corpora are used together)")
     parser.add_argument("--para", action="append", default=[], metavar="A-B=PATH_A,PATH_B",
-                        help="line-aligned parallel files (repeatable)")
+                        help="line-aligned parallel files (repeatable, also for one pair)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     add_config_arguments(parser)
 
@@ -802,24 +906,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def inputs_from_args(args: argparse.Namespace) -> tuple[dict, dict]:
-    """--mono/--para values -> dicts, keeping codes as given (duplicates are caught by resolve_sources)."""
-    mono: dict[str, Path] = {}
+    """--mono/--para values -> {code: [files]} dicts, codes as given (duplicate text is caught by resolve_sources)."""
+    mono: dict[str, list[Path]] = {}
     for item in args.mono:
         code, sep, path = item.partition("=")
         if not sep or not code or not path:
             raise DataError(f"--mono {item!r}: expected LANG=PATH, e.g. --mono en=en.txt")
-        if code in mono:
-            raise DataError(f"duplicate language {code!r}: --mono {code}={mono[code]} and --mono {item}")
-        mono[code] = Path(path)
-    para: dict[str, tuple[Path, Path]] = {}
+        mono.setdefault(code, []).append(Path(path))
+    para: dict[str, list[tuple[Path, Path]]] = {}
     for item in args.para:
         code, sep, paths = item.partition("=")
         files = paths.split(",")
         if not sep or not code or len(files) != 2 or not all(files):
             raise DataError(f"--para {item!r}: expected A-B=PATH_A,PATH_B, e.g. --para en-fr=train.en,train.fr")
-        if code in para:
-            raise DataError(f"duplicate language pair {code!r}: given twice with --para")
-        para[code] = (Path(files[0]), Path(files[1]))
+        para.setdefault(code, []).append((Path(files[0]), Path(files[1])))
     if not mono and not para and not args.data_dir:
         raise DataError("no input text: give --data-dir, --mono LANG=PATH or --para A-B=PATH_A,PATH_B")
     return mono, para

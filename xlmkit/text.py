@@ -45,16 +45,23 @@ def clean_line(text: str, lowercase: bool = False, strip_accents: bool = False) 
     NFKC first (as XLM-R's SentencePiece does) so compatibility forms (full-width letters, ligatures,
     no-break spaces) become their plain equivalents before anything else looks at the text.
     """
-    if not unicodedata.is_normalized("NFKC", text):
+    if not text.isascii() and not unicodedata.is_normalized("NFKC", text):
         text = unicodedata.normalize("NFKC", text)
-    text = _CONTROL_RE.sub("", text)
+    # Fast path (most lines): printable text holds no control character and no whitespace but ' '
+    # (every character of CONTROL_CHARS and WHITESPACE_CHARS except ' ' is non-printable), so the two
+    # regex passes reduce to collapsing runs of spaces. Same result, ~3x faster.
+    printable = text.isprintable()
+    if not printable:
+        text = _CONTROL_RE.sub("", text)
     if lowercase:
         # Character by character for 'Σ' as the tokenizer's Lowercase does (str.lower() would turn a
         # word-final Σ into ς), so the tokenizer's normaliser gives the same result on raw text.
         text = "".join(c.lower() for c in text) if "Σ" in text else text.lower()
     if strip_accents:
         text = remove_accents(text)
-    return _SPACE_RE.sub(" ", text).strip()
+    if not printable or "  " in text:
+        text = _SPACE_RE.sub(" ", text)
+    return text.strip(" ") if printable else text.strip()
 
 
 def filter_reason(text: str, min_chars: int, max_chars: int) -> str | None:
