@@ -289,3 +289,16 @@ def test_onnx_int8_graph_is_smaller_and_close(tiny_random_run, tmp_path):
     int8 = export_onnx(tiny_random_run, tmp_path / "m8.onnx", int8=True)
     assert int8["bytes"] < 0.5 * fp32["bytes"]
     assert int8["parity_max_abs_diff"] < 0.1  # quantized activations: close, not equal
+
+
+def test_missing_onnx_extra_is_a_one_line_error(tiny_random_run, tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now raises ImportError
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    assert main(["export-onnx", str(tiny_random_run), "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "pip install 'xlmkit[onnx]'" in capsys.readouterr().err
+    (tmp_path / "x.txt").write_text("a b\n")
+    assert main(["embed", "--model", str(tiny_random_run), "--onnx", str(tmp_path / "m.onnx"), "--input",
+                 str(tmp_path / "x.txt"), "--lang", "en", "--out", str(tmp_path / "x.npy")]) == 2
+    assert "xlmkit[onnx]" in capsys.readouterr().err

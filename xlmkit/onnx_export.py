@@ -121,9 +121,9 @@ def export_onnx(run: str | Path, out: str | Path, which: str = "best", opset: in
         torch.onnx.export(wrapper, tuple(inputs.values()), str(fp32_path), input_names=names, output_names=outputs,
                           dynamic_axes=axes, opset_version=opset, dynamo=False, do_constant_folding=True)
     if int8:
+        _require("onnxruntime")
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        _require("onnxruntime")
         quantize_dynamic(str(fp32_path), str(out), weight_type=QuantType.QInt8)
         fp32_path.unlink()
     meta = {"format": FORMAT, "run": str(run.resolve()), "which": which, "inputs": names, "outputs": outputs,
