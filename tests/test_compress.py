@@ -302,3 +302,35 @@ def test_missing_onnx_extra_is_a_one_line_error(tiny_random_run, tmp_path, monke
     assert main(["embed", "--model", str(tiny_random_run), "--onnx", str(tmp_path / "m.onnx"), "--input",
                  str(tmp_path / "x.txt"), "--lang", "en", "--out", str(tmp_path / "x.npy")]) == 2
     assert "xlmkit[onnx]" in capsys.readouterr().err
+
+
+def test_compressed_runs_load_in_retrieve(tiny_random_run, int8_run, tmp_path):
+    """retrieve on the int8 run, a trimmed run and (onnxruntime) an ONNX graph: each gives a table; the
+    trimmed run (kept pieces = the test text) and the ONNX graph score as the fp32 run does."""
+    from xlmkit.synthetic import sentence
+
+    rng = np.random.default_rng(3)
+    rows = [sentence(rng) for _ in range(40)]
+    data = tmp_path / "bitext"
+    data.mkdir()
+    (data / "tatoeba.deu-eng.deu").write_text("\n".join(r["de"] for r in rows) + "\n")
+    (data / "tatoeba.deu-eng.eng").write_text("\n".join(r["en"] for r in rows) + "\n")
+    trimmed = tmp_path / "trim"
+    trim_run(tiny_random_run, trimmed, text_files=[data / "tatoeba.deu-eng.deu", data / "tatoeba.deu-eng.eng"])
+    runs = {"fp32": [str(tiny_random_run)], "int8": [str(int8_run)], "trim": [str(trimmed)]}
+    try:
+        import onnxruntime  # noqa: F401
+
+        from xlmkit.onnx_export import export_onnx
+
+        export_onnx(tiny_random_run, tmp_path / "m.onnx")
+        runs["onnx"] = [str(tiny_random_run), "--onnx", str(tmp_path / "m.onnx")]
+    except ImportError:
+        pass
+    acc = {}
+    for name, model in runs.items():
+        out = tmp_path / f"ret-{name}"
+        assert main(["retrieve", "--model", *model, "--data", str(data), "--langs", "de", "--precision", "fp32",
+                     "--out", str(out)]) == 0
+        acc[name] = json.loads((out / "retrieval.json").read_text())["rows"][0]["acc_xx_en"]
+    assert acc["trim"] == acc["fp32"] and acc.get("onnx", acc["fp32"]) == acc["fp32"]
