@@ -404,7 +404,12 @@ def load_weights(model: nn.Module, path: str | Path, device: str | torch.device 
     if is_sharded(target):
         missing, unexpected = _load_sharded_weights(target, f)
     else:
-        missing, unexpected = target.load_state_dict(read_tensors(f, str(device)), strict=False)
+        weights = read_tensors(f, str(device))
+        if any(k.endswith(".int8") for k in weights):  # an int8 run (xlmkit quantize): dequantize on load
+            from xlmkit.compress import dequantize_state_dict
+
+            weights = dequantize_state_dict(weights)
+        missing, unexpected = target.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise XlmkitError(f"{f}: weights do not fit the model: missing {sorted(missing)[:5]}, "
                           f"unexpected {sorted(unexpected)[:5]}")
@@ -538,6 +543,7 @@ class LoadedModel:
     vocab: dict  # {"lang2id", "specials", "languages", "pairs", "vocab_size", "data_dir"}
     tokenizer_path: Path
     path: Path  # the checkpoint directory the weights came from
+    compression: dict | None = None  # state.json "compression" (int8 / trim, xlmkit.compress); None: plain
 
 
 def resolve_checkpoint(path: Path, which: str) -> Path:
@@ -618,7 +624,7 @@ def load_model(path: str | Path, which: str = "best", device: str | torch.device
         except (ValueError, UnicodeDecodeError) as e:
             raise XlmkitError(f"{run_vocab}: not valid JSON ({e})") from None
     return LoadedModel(model=model, config=cfg, vocab=vocab or {}, tokenizer_path=_find_tokenizer(ckpt, state),
-                       path=ckpt)
+                       path=ckpt, compression=state.get("compression"))
 
 
 def write_run_files(run_dir: Path, cfg: Config, vocab: dict, tokenizer_path: str | Path | None) -> None:

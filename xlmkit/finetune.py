@@ -523,6 +523,9 @@ def finetune(
     from xlmkit.runtime import autocast, choose_precision, pick_device, seed_everything
 
     t0 = time.time()
+    if (getattr(loaded, "compression", None) or {}).get("int8"):
+        raise XlmkitError(f"{loaded.path} is an int8-quantized run (xlmkit quantize): it cannot be fine-tuned; "
+                          "fine-tune the fp32 run, then quantize the result")
     if not train_examples:
         raise DataError("no training examples (empty training split)")
     if dev_examples is not None and len(dev_examples) == 0:
@@ -700,7 +703,9 @@ def finetune_config_from_args(args: argparse.Namespace, base: Config) -> tuple[F
 def load_pretrained(args: argparse.Namespace):
     """The pretrained model of --model with --set model.dropout applied; (LoadedModel, FinetuneConfig)."""
     from xlmkit.checkpoint import load_model
+    from xlmkit.compress import refuse_int8
 
+    refuse_int8(args.model, f"{getattr(args, 'command', 'finetune')} (training)", args.which)
     loaded = load_model(args.model, which=args.which, device="cpu")
     ft, cfg = finetune_config_from_args(args, loaded.config)
     if cfg.model != loaded.config.model:

@@ -240,12 +240,18 @@ class Encoder:
     batch_size: int = 64
     precision: str = "auto"
     unknown_lang_id: str | None = None
+    onnx_session: object | None = None  # an onnxruntime session (xlmkit.onnx_export): embed on it instead
 
     def lang_id(self, lang: str) -> int | None:
         return resolve_lang_id(lang, self.vocab, self.model, self.unknown_lang_id)
 
     def embed(self, lines: Sequence[str], lang: str) -> np.ndarray:
         seqs = encode_sentences(self.tokenizer, lines, self.fmt)
+        if self.onnx_session is not None:
+            from xlmkit.onnx_export import embed_ids_onnx
+
+            return embed_ids_onnx(self.onnx_session, seqs, self.fmt.pad_id, self.lang_id(lang), self.batch_size,
+                                  self.model.cfg.dim)
         return embed_ids(self.model, seqs, self.fmt.pad_id, self.lang_id(lang), self.layer, self.batch_size,
                          precision=self.precision)
 
@@ -253,9 +259,11 @@ class Encoder:
 def load_encoder(model_path: str | Path, which: str = "best", device: str = "auto", layer: int = -1,
                  batch_size: int = 64, max_len: int | None = None, precision: str = "auto",
                  wrap: str = "auto", unknown_lang_id: str | None = None, random_init: bool = False,
-                 seed: int = 0) -> tuple[Encoder, dict]:
+                 seed: int = 0, onnx: str | Path | None = None) -> tuple[Encoder, dict]:
     """Load a run (or checkpoint) for embedding -> (Encoder, info for reports). With random_init the
-    weights are replaced by a fresh initialisation (seeded) of the same model."""
+    weights are replaced by a fresh initialisation (seeded) of the same model. With `onnx` (a graph of
+    `xlmkit export-onnx`) the embeddings are computed by onnxruntime (last layer only); the run still
+    gives the tokenizer, vocabulary and sentence format."""
     import torch
 
     from xlmkit.checkpoint import load_model, read_state
@@ -289,7 +297,21 @@ def load_encoder(model_path: str | Path, which: str = "best", device: str = "aut
             "layer": layer, "n_layers": loaded.config.model.n_layers, "dim": loaded.config.model.dim,
             "lang_embeddings": model_has_lang_embeddings(model), "max_len": max_len,
             "wrap": "xlm" if fmt.first_id == fmt.last_id else "roberta", "precision": precision}
-    enc = Encoder(model, tokenizer, vocab, fmt, layer, batch_size, precision, unknown_lang_id)
+    onnx_session = None
+    if onnx is not None:
+        from xlmkit.onnx_export import read_meta, session
+
+        if random_init:
+            raise XlmkitError("--onnx and --random-init cannot be combined")
+        if layer not in (-1, n_hidden - 1):
+            raise XlmkitError(f"--onnx computes the last layer's embedding only; got --layer {layer}")
+        meta = read_meta(onnx)
+        if meta and meta.get("dim") != loaded.config.model.dim:
+            raise XlmkitError(f"{onnx} was exported from a model of dim {meta.get('dim')}, not this run's "
+                              f"{loaded.config.model.dim}")
+        onnx_session = session(onnx)
+        info.update(engine="onnxruntime", onnx=str(onnx))
+    enc = Encoder(model, tokenizer, vocab, fmt, layer, batch_size, precision, unknown_lang_id, onnx_session)
     if precision_note.startswith("warning"):  # an explicit bf16 where it is emulated
         print(f"[embed] {precision_note}", file=sys.stderr)
     return enc, info
@@ -441,6 +463,9 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--random-init", action="store_true",
                         help="use a randomly initialised model of the run's shape (a baseline)")
     parser.add_argument("--seed", type=int, default=0, help="seed of --random-init (default: 0)")
+    parser.add_argument("--onnx", default=None, metavar="MODEL.onnx",
+                        help="compute the embeddings with onnxruntime on this graph (xlmkit export-onnx of the "
+                             "run; last layer only; needs the onnx extra)")
 
 
 def add_arguments_for(name: str, parser: argparse.ArgumentParser) -> None:
@@ -473,7 +498,7 @@ def _encoder_from_args(args: argparse.Namespace) -> tuple[Encoder, dict]:
     return load_encoder(args.model, which=args.which, device=args.device, layer=args.layer,
                         batch_size=args.batch_size, max_len=args.max_len, precision=args.precision,
                         wrap=args.wrap, unknown_lang_id=args.unknown_lang_id, random_init=args.random_init,
-                        seed=args.seed)
+                        seed=args.seed, onnx=args.onnx)
 
 
 def run_embed(args: argparse.Namespace) -> int:

@@ -68,7 +68,9 @@ def init_from(init: str | Path, cfg: Config, data, vocab: dict) -> tuple[Config,
     (best/, else the latest) to load the weights from. The data must have been prepared with the
     run's tokenizer and ids (`xlmkit prepare --tokenizer RUN`). Returns (config, vocab.json, checkpoint)."""
     from xlmkit.checkpoint import resolve_checkpoint, read_state
+    from xlmkit.compress import refuse_int8
 
+    refuse_int8(init, "pretrain --init")
     ckpt = resolve_checkpoint(Path(init), "best")
     state = read_state(ckpt)
     model = config_from_dict(state["config"]).model
@@ -261,6 +263,10 @@ def prepare_run_dir(out_dir: Path, cfg: Config, data, vocab: dict, resume: bool,
     else:
         ckpt = latest_checkpoint(out_dir)
     if resume:
+        from xlmkit.compress import refuse_int8
+
+        if (out_dir / "checkpoints").is_dir():
+            refuse_int8(out_dir, "pretrain --resume")
         if ckpt is None:
             raise XlmkitError(f"{out_dir}: no checkpoint to resume from; run without --resume to start")
         state = read_state(ckpt)
