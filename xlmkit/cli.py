@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("xlmkit.report", "plots and tables of a run"),
     "quantize": ("xlmkit.compress", "int8 copy of a run (Linear layers and embeddings), loaded by every inference command"),
     "trim-vocab": ("xlmkit.compress", "copy of a run keeping only the vocabulary of given text or languages"),
+    "distill": ("xlmkit.distill", "distil a pretrained run into a smaller student (DistilBERT's loss)"),
     "export-onnx": ("xlmkit.onnx_export", "export an encoder (and a fine-tuned head) to ONNX"),
     "export": ("xlmkit.hf", "export a run to a Hugging Face transformers directory"),
     "import": ("xlmkit.hf", "import a local transformers XLM / XLM-R checkpoint as an xlmkit run"),

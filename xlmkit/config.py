@@ -151,6 +151,11 @@ class TrainConfig:
     parallel: str = "none"  # "none" (one process; DDP is used automatically under torchrun) | "ddp" | "fsdp"
     dist_timeout_s: int = 300
     profile: bool = False
+    # Distillation (`xlmkit distill`; Sanh et al. 2019, DistilBERT's weights and temperature)
+    distill_temperature: float = 2.0
+    distill_alpha_kl: float = 5.0  # soft targets: KL(teacher / T || student / T) * T^2
+    distill_alpha_mlm: float = 2.0  # the MLM loss on the true tokens
+    distill_alpha_cos: float = 1.0  # 1 - cos(student hidden, teacher hidden); only where the widths agree
 
     def __post_init__(self) -> None:
         _check(self.bptt >= 4, "train.bptt must be >= 4")
@@ -171,6 +176,9 @@ class TrainConfig:
         _check(self.eval_every >= 1 and self.save_every >= 1 and self.log_every >= 1,
                "train.eval_every, train.save_every and train.log_every must be >= 1")
         _check(self.keep_last >= 1, "train.keep_last must be >= 1")
+        _check(self.distill_temperature > 0, "train.distill_temperature must be > 0")
+        _check(min(self.distill_alpha_kl, self.distill_alpha_mlm, self.distill_alpha_cos) >= 0,
+               "train.distill_alpha_kl, distill_alpha_mlm and distill_alpha_cos must be >= 0")
         _check(self.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
         _check(self.tlm_max_len >= 4, f"train.tlm_max_len must be >= 4, got {self.tlm_max_len}")
         _check(self.eval_batches >= 1, f"train.eval_batches must be >= 1, got {self.eval_batches}")

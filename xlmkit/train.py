@@ -313,11 +313,13 @@ def window_means(window: dict[str, list[float]]) -> dict[str, float]:
 
 
 def pretrain(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool = False,
-             init: str | Path | None = None) -> dict:
+             init: str | Path | None = None, teacher: str | Path | None = None) -> dict:
     """Pretrain on the prepared data in `data_dir`, writing the run to `out_dir`; with resume=True,
     continue from the run's latest checkpoint exactly where it stopped. With `init` (a run or checkpoint
     directory), start from its weights and model config: a fresh run (step 0, new optimizer and
-    schedule) continuing that model's pretraining. Returns the final metrics:
+    schedule) continuing that model's pretraining. With `teacher` (a run), distil it into the model of
+    cfg (xlmkit.distill: the loss is DistilBERT's, the student starts from the teacher where shapes
+    agree). Returns the final metrics:
     {"step", "loss", "ppl/<lang>", "acc/<lang>", ..., "mean_ppl", "best_mean_ppl", "elapsed_s"}."""
     from tqdm.auto import tqdm
 
@@ -350,7 +352,16 @@ def pretrain(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: boo
     encoder = XLMModel(cfg.model)
     if init_ckpt is not None and resume_from is None:
         load_weights(encoder, init_ckpt)  # before wrap_model: FSDP shards what it is given
-    loss_model = PretrainingLoss(encoder)
+    if teacher is not None:
+        from xlmkit.distill import DistillationLoss, init_student, load_teacher
+
+        teacher_model = load_teacher(teacher, data, device)
+        if resume_from is None:
+            init_student(encoder, teacher_model)
+        loss_model = DistillationLoss(encoder, teacher_model, tcfg.distill_temperature, tcfg.distill_alpha_kl,
+                                      tcfg.distill_alpha_mlm, tcfg.distill_alpha_cos)
+    else:
+        loss_model = PretrainingLoss(encoder)
     model = wrap_model(loss_model, dist, tcfg.parallel, device)  # to device; before the optimizer (FSDP shards)
     optimizer = build_optimizer(encoder, tcfg, device)
     scheduler = build_scheduler(optimizer, tcfg)
