@@ -334,3 +334,17 @@ def test_compressed_runs_load_in_retrieve(tiny_random_run, int8_run, tmp_path):
                      "--out", str(out)]) == 0
         acc[name] = json.loads((out / "retrieval.json").read_text())["rows"][0]["acc_xx_en"]
     assert acc["trim"] == acc["fp32"] and acc.get("onnx", acc["fp32"]) == acc["fp32"]
+
+
+def test_embed_on_an_int8_run_takes_the_int8_kernels_under_auto(int8_run, tmp_path):
+    """precision auto on the CPU: PyTorch's int8 kernels, close to the dequantized fp32 embeddings;
+    an explicit fp32 keeps the exact fp32 arithmetic."""
+    from xlmkit.retrieval import load_encoder
+
+    auto, info = load_encoder(int8_run, device="cpu")
+    exact, info32 = load_encoder(int8_run, device="cpu", precision="fp32")
+    assert info["engine"] == "torch int8 kernels" and info["precision"] == "fp32" and info32["engine"] == "torch"
+    lines = _sentences(20, "de")
+    a, b = auto.embed(lines, "de"), exact.embed(lines, "de")
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert cos.min() > 0.99

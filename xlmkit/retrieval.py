@@ -270,6 +270,7 @@ def load_encoder(model_path: str | Path, which: str = "best", device: str = "aut
     from xlmkit.runtime import choose_precision, pick_device
 
     dev = pick_device(device)
+    requested = precision
     precision, precision_note = choose_precision(precision, dev)
     loaded = load_model(model_path, which=which, device="cpu")
     model = loaded.model
@@ -277,6 +278,15 @@ def load_encoder(model_path: str | Path, which: str = "best", device: str = "aut
         torch.manual_seed(seed)
         model.reset_parameters()
     model.to(dev).eval()
+    engine = "torch"
+    if dev.type == "cpu" and requested == "auto" and not random_init and onnx is None:
+        from xlmkit.compress import compression_of, int8_kernels
+
+        if compression_of(loaded.path).get("int8"):
+            # an int8 run on the CPU, precision auto: PyTorch's int8 kernels (dynamically quantized
+            # activations), ~2x its dequantized fp32 and faster than bf16 too (bench/compress.py); they
+            # re-quantize to the run's own int8 values. An explicit fp32 keeps exact fp32 arithmetic.
+            model, precision, engine = int8_kernels(model), "fp32", "torch int8 kernels"
     if not loaded.tokenizer_path.is_file():
         raise XlmkitError(f"{model_path}: tokenizer not found (looked for {loaded.tokenizer_path})")
     tokenizer = open_tokenizer(loaded.tokenizer_path)
@@ -296,7 +306,7 @@ def load_encoder(model_path: str | Path, which: str = "best", device: str = "aut
             "random_init": bool(random_init), "seed": seed if random_init else None,
             "layer": layer, "n_layers": loaded.config.model.n_layers, "dim": loaded.config.model.dim,
             "lang_embeddings": model_has_lang_embeddings(model), "max_len": max_len,
-            "wrap": "xlm" if fmt.first_id == fmt.last_id else "roberta", "precision": precision}
+            "wrap": "xlm" if fmt.first_id == fmt.last_id else "roberta", "precision": precision, "engine": engine}
     onnx_session = None
     if onnx is not None:
         from xlmkit.onnx_export import read_meta, session
