@@ -169,3 +169,21 @@ def test_min_len_holds_eos_back():
         out = generate(model, src, langs, 1, GenerationConfig(beam_size=beam, min_len=5, max_len_a=0, max_len_b=9),
                        BOS, EOS)
         assert all(5 <= len(o) <= 8 for o in out)
+
+
+def test_cached_decoding_under_bf16_follows_the_full_forward():
+    """Decoding steps in bf16 take their own single-query attention path: the same logits as the
+    teacher-forced forward (SDPA) up to bf16 rounding, the same argmax nearly everywhere."""
+    model = tiny_model(seed=9)
+    src, src_langs = sources()
+    tgt = torch.cat([torch.full((3, 1), BOS), torch.randint(5, 12, (3, 7))], dim=1)
+    tgt_langs = torch.ones_like(tgt)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        full = model(src, src_langs, tgt, tgt_langs).float()
+        memory, mask = model.encode(src, src_langs)
+        cache = model.new_cache()
+        w = model.token_weight.bfloat16()
+        steps = torch.stack([model.decode_step(tgt[:, t:t + 1], tgt_langs[:, t:t + 1], t, memory, mask, cache, w)
+                             for t in range(tgt.shape[1])], 1).float()
+    torch.testing.assert_close(steps, full, atol=0.15, rtol=0.05)
+    assert (steps.argmax(-1) == full.argmax(-1)).float().mean() >= 0.9

@@ -93,8 +93,17 @@ def _lang_column(n: int, tgt_lang: int | None, device) -> Tensor | None:
     return None if tgt_lang is None else torch.full((n, 1), tgt_lang, dtype=torch.long, device=device)
 
 
+def _step_weight(model, device) -> Tensor:
+    """The token matrix in the dtype the decoding steps compute in, cast once for all of them."""
+    w = model.token_weight
+    if torch.is_autocast_enabled(device.type):
+        w = w.to(torch.get_autocast_dtype(device.type))
+    return w
+
+
 def _greedy_or_sample(model, memory, memory_mask, tgt_lang, limits, cfg, bos_id, eos_id, generator):
     B = memory.shape[0]
+    weight = _step_weight(model, memory.device)
     device = memory.device
     cache = model.new_cache()
     langs = _lang_column(B, tgt_lang, device)
@@ -102,7 +111,7 @@ def _greedy_or_sample(model, memory, memory_mask, tgt_lang, limits, cfg, bos_id,
     out: list[list[int]] = [[] for _ in range(B)]
     open_rows = torch.ones(B, dtype=torch.bool, device=device)
     for t in range(int(limits.max())):
-        logits = model.decode_step(last, langs, t, memory, memory_mask, cache).float()  # (B, V)
+        logits = model.decode_step(last, langs, t, memory, memory_mask, cache, weight).float()  # (B, V)
         if t < cfg.min_len:
             logits[:, eos_id] = float("-inf")
         if cfg.sample:
@@ -148,6 +157,7 @@ class _Finished:
 
 def _beam_search(model, memory, memory_mask, tgt_lang, limits, cfg, bos_id, eos_id):
     B, K = memory.shape[0], cfg.beam_size
+    weight = _step_weight(model, memory.device)
     device = memory.device
     memory = memory.repeat_interleave(K, dim=0)  # (B*K, S, D)
     memory_mask = memory_mask.repeat_interleave(K, dim=0)  # (B*K, S)
@@ -161,7 +171,7 @@ def _beam_search(model, memory, memory_mask, tgt_lang, limits, cfg, bos_id, eos_
     done = [False] * B
     last = torch.full((B * K, 1), bos_id, dtype=torch.long, device=device)
     for t in range(int(limits.max())):
-        logits = model.decode_step(last, langs, t, memory, memory_mask, cache).float()  # (B*K, V)
+        logits = model.decode_step(last, langs, t, memory, memory_mask, cache, weight).float()  # (B*K, V)
         logp = F.log_softmax(logits, dim=-1)
         if t < cfg.min_len:
             logp[:, eos_id] = float("-inf")
