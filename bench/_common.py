@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -30,3 +32,15 @@ def cpu_name() -> str:
     except OSError:
         pass
     return f"{os.cpu_count()} cpus"
+
+
+def run_worker_process(script: str, argv: list[str], worker: str, extra_env: dict | None = None) -> dict | None:
+    """`script *argv --worker WORKER` in a process of its own (its memory and threads are its own);
+    its last stdout line is its JSON result. None, with the tail of its stderr, when it fails."""
+    cmd = [sys.executable, str(Path(script).resolve()), *argv, "--worker", worker]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", **(extra_env or {})}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        print(f"[{worker}] failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}", file=sys.stderr)
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])

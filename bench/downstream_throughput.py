@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import CPU_ISA_HELP, cpu_name, restart_with_cpu_isa  # noqa: E402
+from _common import CPU_ISA_HELP, cpu_name, restart_with_cpu_isa, run_worker_process  # noqa: E402
 SHARED = ROOT.parent / "shared" / "data"
 PAD_ID, N_LABELS = 1, 2
 
@@ -265,13 +263,10 @@ def main(argv=None) -> int:
         work = Path(tmp) / "seqs.json"
         work.write_text(json.dumps(seqs))
         for worker in ("xlmkit-finetune", "hf-finetune", "xlmkit-embed", "hf-embed"):
-            cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--precision", precision,
-                   "--work", str(work), "--worker", worker]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-            if proc.returncode != 0:
-                print(f"[{worker}] failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}", file=sys.stderr)
+            result = run_worker_process(__file__, [*argv, "--precision", precision, "--work", str(work)], worker)
+            if result is None:
                 continue
-            results[worker] = json.loads(proc.stdout.strip().splitlines()[-1])
+            results[worker] = result
             print(f"[{worker}] {results[worker]['sentences_per_s']:.1f} sentences/s", file=sys.stderr, flush=True)
 
     print(f"\n{'task':<12}{'xlmkit sent/s':>15}{'HF sent/s':>12}{'ratio':>8}   ({precision} vs {precision})")

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import CPU_ISA_HELP, cpu_name, restart_with_cpu_isa  # noqa: E402
+from _common import CPU_ISA_HELP, cpu_name, restart_with_cpu_isa, run_worker_process  # noqa: E402
 BOS = EOS = 2
 PAD = 1
 
@@ -143,13 +141,10 @@ def main(argv=None) -> int:
           f"batches of {args.batch}; beam {args.beam}; {args.new_tokens} new tokens each", flush=True)
     results = {}
     for worker in ("xlmkit", "hf"):
-        cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--precision", precision, "--worker", worker]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-        if proc.returncode != 0:
-            print(f"[{worker}] failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}", file=sys.stderr)
+        r = run_worker_process(__file__, [*argv, "--precision", precision], worker)
+        if r is None:
             continue
-        results[worker] = json.loads(proc.stdout.strip().splitlines()[-1])
-        r = results[worker]
+        results[worker] = r
         print(f"{worker:<8}{r['sentences_per_s']:>10.2f} sentences/s  ({r['seconds']:.1f} s, {r['tokens_out']} tokens out)",
               flush=True)
     if len(results) == 2:

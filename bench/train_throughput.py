@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import CPU_ISA_HELP, cpu_name, restart_with_cpu_isa  # noqa: E402
+from _common import CPU_ISA_HELP, cpu_name, restart_with_cpu_isa, run_worker_process  # noqa: E402
 
 PAD_ID, MASK_ID, N_SPECIAL = 1, 4, 5  # xlmkit's fixed specials: <s>=0 <pad>=1 </s>=2 <unk>=3 <mask>=4
 
@@ -274,20 +272,12 @@ def fp32_steps(args) -> int:
 
 
 def run_in_subprocess(args, worker: str, argv: list[str]) -> dict | None:
-    cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--worker", worker]
     t = time.perf_counter()
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    if args.keep_freed_memory:
-        env.update(MALLOC_MMAP_THRESHOLD_=str(2**34), MALLOC_TRIM_THRESHOLD_=str(2**34))
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        print(f"[{worker}] failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}", file=sys.stderr)
-        return None
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(f"[{worker}] done in {time.perf_counter() - t:.0f}s", file=sys.stderr, flush=True)
+    env = dict(MALLOC_MMAP_THRESHOLD_=str(2**34), MALLOC_TRIM_THRESHOLD_=str(2**34)) if args.keep_freed_memory else {}
+    result = run_worker_process(__file__, argv, worker, env)
+    if result is not None:
+        print(f"[{worker}] done in {time.perf_counter() - t:.0f}s", file=sys.stderr, flush=True)
     return result
-
-
 
 
 def main(argv=None) -> int:
