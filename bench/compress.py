@@ -8,13 +8,13 @@ commands' own functions):
 - The model: an XLM encoder (language embeddings, post-LN), D=256, 4 layers, FFN 1024, V=32000 (the
   embeddings are ~70% of the weights, as in XLM-R base), with a Unigram tokenizer trained here on the
   shared Leipzig text (en, de, fr) and random initial weights (no pretrained run is at hand in a bench),
-  then fine-tuned on SIB-200 English (topic classification, 7 labels, 701 sentences; xlmkit.finetune).
+  then fine-tuned on SIB-200 English (topic classification, 7 labels, 701 sentences; xlmkit.tasks.finetune).
   Accuracy: SIB-200 dev (99 sentences) in English (in-language) and French / German (zero-shot). A
   random-init encoder fine-tuned on 701 sentences is weak, so the absolute figures are low; the
   column to read is each variant's change against fp32.
 - Variants: fp32 (torch), bf16 autocast (torch, for reference), int8 run dequantized on load (what
   `xlmkit quantize` writes and every command loads), int8 run on PyTorch's int8 kernels
-  (`xlmkit.compress.int8_kernels`), the run trimmed (`xlmkit trim-vocab`) to the pieces of the
+  (`xlmkit.interop.compress.int8_kernels`), the run trimmed (`xlmkit trim-vocab`) to the pieces of the
   bench sentences and of SIB-200 en/fr/de, trimmed + int8 kernels, ONNX fp32 and ONNX int8
   (onnxruntime.quantization.quantize_dynamic) on onnxruntime.
 - Speed: sentence embeddings (mean-pooled last layer, batch 64, sorted by length) of real sentences:
@@ -70,7 +70,7 @@ def read_sentences(n: int, seed: int = 0) -> tuple[list[str], str]:
     if not lines:
         import numpy as np
 
-        from xlmkit.synthetic import sentence
+        from xlmkit.data.synthetic import sentence
 
         rng = np.random.default_rng(seed)
         lines = [" ".join(sentence(rng)["en"] for _ in range(rng.integers(1, 4))) for _ in range(n)]
@@ -80,7 +80,7 @@ def read_sentences(n: int, seed: int = 0) -> tuple[list[str], str]:
 
 
 def read_sib(lang: str, split: str):
-    from xlmkit.tasks import Example
+    from xlmkit.tasks.io import Example
 
     f = SHARED / "classification" / "sib-200" / SIB_LANGS[lang] / f"{split}.tsv"
     if not f.is_file():
@@ -104,11 +104,11 @@ def build_finetuned(args, work: Path, sentences: list[str]) -> tuple[Path, dict]
 
     import torch
 
-    from xlmkit.checkpoint import load_model, save_model_run
-    from xlmkit.config import load_config
-    from xlmkit.finetune import finetune
-    from xlmkit.model import XLMModel
-    from xlmkit.tokenizer import train_tokenizer
+    from xlmkit.train.checkpoint import load_model, save_model_run
+    from xlmkit.core.config import load_config
+    from xlmkit.tasks.finetune import finetune
+    from xlmkit.model.encoder import XLMModel
+    from xlmkit.data.tokenizer import train_tokenizer
 
     langs = ["de", "en", "fr"]
     if (work / "ft" / "checkpoints" / "best" / "state.json").is_file():  # --work of an earlier run: reuse it
@@ -130,8 +130,8 @@ def build_finetuned(args, work: Path, sentences: list[str]) -> tuple[Path, dict]
     save_model_run(base, XLMModel(mcfg), cfg, vocab, tok_path)
     train, dev = read_sib("en", "train"), read_sib("en", "dev")
     if train is None:
-        from xlmkit.synthetic import sentence
-        from xlmkit.tasks import Example
+        from xlmkit.data.synthetic import sentence
+        from xlmkit.tasks.io import Example
         import numpy as np
 
         rng = np.random.default_rng(0)
@@ -159,8 +159,8 @@ def dev_sets() -> dict[str, list]:
 def accuracy_torch(ft_dir: Path, dev: dict, int8_kernels: bool = False, precision: str = "fp32") -> dict:
     import torch
 
-    from xlmkit.compress import int8_kernels as convert
-    from xlmkit.finetune import TaskEncoder, load_finetuned, predict, score
+    from xlmkit.interop.compress import int8_kernels as convert
+    from xlmkit.tasks.finetune import TaskEncoder, load_finetuned, predict, score
 
     ftm = load_finetuned(ft_dir)
     if int8_kernels:
@@ -177,8 +177,8 @@ def accuracy_torch(ft_dir: Path, dev: dict, int8_kernels: bool = False, precisio
 def accuracy_onnx(ft_dir: Path, onnx_path: Path, dev: dict, threads: int) -> dict:
     import numpy as np
 
-    from xlmkit.finetune import TaskEncoder, collate, load_finetuned, score
-    from xlmkit.onnx_export import session
+    from xlmkit.tasks.finetune import TaskEncoder, collate, load_finetuned, score
+    from xlmkit.interop.onnx import session
 
     ftm = load_finetuned(ft_dir)
     sess = session(onnx_path, threads)
@@ -197,8 +197,8 @@ def accuracy_onnx(ft_dir: Path, onnx_path: Path, dev: dict, threads: int) -> dic
 
 
 def torch_encoder(ft_dir: Path, args, int8_kernels: bool = False, precision: str = "fp32"):
-    from xlmkit.compress import int8_kernels as convert
-    from xlmkit.retrieval import load_encoder
+    from xlmkit.interop.compress import int8_kernels as convert
+    from xlmkit.tasks.retrieval import load_encoder
 
     enc, _ = load_encoder(ft_dir, device="cpu", precision=precision, batch_size=args.batch)
     if int8_kernels:
@@ -207,7 +207,7 @@ def torch_encoder(ft_dir: Path, args, int8_kernels: bool = False, precision: str
 
 
 def onnx_encoder(ft_dir: Path, onnx_path: Path, args):
-    from xlmkit.onnx_export import session
+    from xlmkit.interop.onnx import session
 
     enc = torch_encoder(ft_dir, args)
     enc.onnx_session = session(onnx_path, args.threads)
@@ -237,8 +237,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from xlmkit.compress import model_bytes, quantize_run, trim_run
-    from xlmkit.onnx_export import export_onnx
+    from xlmkit.interop.compress import model_bytes, quantize_run, trim_run
+    from xlmkit.interop.onnx import export_onnx
 
     args = parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -5,19 +5,19 @@
 
 Sentences as they come: the lines of ../shared/data/tatoeba (short conversational sentences in ~100
 languages) and of ../shared/data/mono (news, long), shuffled together, so lengths range from 3 to
-the 128-token limit (without the data: xlmkit.synthetic sentences of random lengths). Both models get
+the 128-token limit (without the data: xlmkit.data.synthetic sentences of random lengths). Both models get
 the same token ids (one tokenizer, trained here on the text) and the same random weights' shape:
 an XLM-R-style encoder (no language embeddings, post-LN, exact GELU, dropout 0.1), D=256, 4 layers,
 4 heads, FFN 1024, V=32000.
 
 - Fine-tuning (sequence classification, 2 labels, batch 32, AdamW): xlmkit's own batches
-  (`xlmkit.finetune.training_batches`: length-grouped, so a batch holds sentences of similar length)
+  (`xlmkit.tasks.finetune.training_batches`: length-grouped, so a batch holds sentences of similar length)
   through `TaskModel`, against `XLMRobertaForSequenceClassification` driven as the Trainer drives it:
   a shuffled epoch, each batch padded to its longest sentence (DataCollatorWithPadding), `labels=`.
-- Embedding (mean-pooled last layer, batch 64, no gradients): `xlmkit.retrieval.embed_ids` against
+- Embedding (mean-pooled last layer, batch 64, no gradients): `xlmkit.tasks.retrieval.embed_ids` against
   `XLMRobertaModel` under `torch.inference_mode`, batches in input order padded to their longest.
 
-Precision: --precision auto (default) resolves as xlmkit does (xlmkit.runtime); both run in it. Each
+Precision: --precision auto (default) resolves as xlmkit does (xlmkit.core.runtime); both run in it. Each
 measurement runs in its own subprocess. The machine may be shared: compare runs made back to back.
 """
 
@@ -72,11 +72,11 @@ def read_sentences(n: int, seed: int) -> tuple[list[str], str]:
     if not lines:
         import numpy as np
 
-        from xlmkit.synthetic import sentence
+        from xlmkit.data.synthetic import sentence
 
         rng = np.random.default_rng(seed)
         lines = [" ".join(sentence(rng)["en"] for _ in range(rng.integers(1, 12))) for _ in range(n)]
-        where = "xlmkit.synthetic"
+        where = "xlmkit.data.synthetic"
     random.Random(seed).shuffle(lines)
     return lines[:n], where
 
@@ -101,8 +101,8 @@ def encode(lines: list[str], vocab: int, max_len: int) -> list[list[int]]:
 
 
 def build_xlmkit(args):
-    from xlmkit.config import ModelConfig
-    from xlmkit.model import XLMModel
+    from xlmkit.core.config import ModelConfig
+    from xlmkit.model.encoder import XLMModel
 
     cfg = ModelConfig(dim=args.dim, n_layers=args.layers, n_heads=args.heads, ffn_dim=4 * args.dim,
                       dropout=0.1, attention_dropout=0.1, max_positions=514, use_lang_emb=False,
@@ -137,7 +137,7 @@ def run_worker(args, seqs: list[list[int]]) -> dict:
     import numpy as np
     import torch
 
-    from xlmkit.runtime import autocast
+    from xlmkit.core.runtime import autocast
 
     torch.manual_seed(args.seed)
     device = torch.device("cpu")
@@ -147,7 +147,7 @@ def run_worker(args, seqs: list[list[int]]) -> dict:
     t0 = time.perf_counter()
     if what == "embed":
         if name == "xlmkit":
-            from xlmkit.retrieval import embed_ids
+            from xlmkit.tasks.retrieval import embed_ids
 
             model = build_xlmkit(args)
             t0 = time.perf_counter()
@@ -173,8 +173,8 @@ def run_worker(args, seqs: list[list[int]]) -> dict:
     # fine-tuning
     rng = np.random.default_rng(args.seed)
     if name == "xlmkit":
-        from xlmkit.config import FinetuneConfig
-        from xlmkit.finetune import Encoded, TaskModel, build_optimizer, collate, training_batches
+        from xlmkit.core.config import FinetuneConfig
+        from xlmkit.tasks.finetune import Encoded, TaskModel, build_optimizer, collate, training_batches
 
         model = TaskModel(build_xlmkit(args), N_LABELS, "classification").train()
         ft = FinetuneConfig(lr=2e-5, head_lr=1e-3, precision=args.precision, batch_size=args.train_batch)
@@ -246,7 +246,7 @@ def main(argv=None) -> int:
 
     import tempfile
 
-    from xlmkit.runtime import detect_hardware, resolve_precision
+    from xlmkit.core.runtime import detect_hardware, resolve_precision
 
     hw = detect_hardware("cpu")
     precision, why = resolve_precision(args.precision, hw)

@@ -71,15 +71,15 @@ def batches(args, sources):
 def run_worker(args) -> dict:
     import torch
 
-    from xlmkit.runtime import autocast
+    from xlmkit.core.runtime import autocast
 
     torch.manual_seed(args.seed)
     device = torch.device("cpu")
     sources = make_sources(args)
     if args.worker == "xlmkit":
-        from xlmkit.config import ModelConfig
-        from xlmkit.decoder import EncoderDecoder
-        from xlmkit.generate import GenerationConfig, generate
+        from xlmkit.core.config import ModelConfig
+        from xlmkit.model.decoder import EncoderDecoder
+        from xlmkit.model.generate import GenerationConfig, generate
 
         cfg = ModelConfig(dim=args.dim, n_layers=args.layers, n_heads=args.heads, ffn_dim=4 * args.dim,
                           max_positions=512, use_lang_emb=False, vocab_size=args.vocab, n_langs=1, pad_id=PAD)
@@ -131,7 +131,7 @@ def main(argv=None) -> int:
     if args.worker:
         print(json.dumps(run_worker(args)))
         return 0
-    from xlmkit.runtime import detect_hardware, resolve_precision
+    from xlmkit.core.runtime import detect_hardware, resolve_precision
 
     hw = detect_hardware("cpu")
     precision, why = resolve_precision(args.precision, hw)

@@ -45,7 +45,7 @@ def build_inputs(out: Path, total_mb: float) -> dict[str, Path]:
     if MONO.is_dir():
         sources = {p.stem: p.read_text(encoding="utf-8").splitlines() for p in sorted(MONO.glob("*.txt"))}
     else:
-        from xlmkit.synthetic import write_corpus
+        from xlmkit.data.synthetic import write_corpus
 
         syn = write_corpus(out / "synthetic", n_mono=20000, n_para=0, pairs=())
         sources = {p.stem: p.read_text(encoding="utf-8").splitlines() for p in sorted(syn.glob("*.txt"))}
@@ -91,7 +91,7 @@ engine, tok_path, paths = sys.argv[1], sys.argv[2], sys.argv[3:]
 tok = Tokenizer.from_file(tok_path)
 lines = [l.rstrip("\n") for p in paths for l in open(p, encoding="utf-8")]
 if engine == "sentencepiece":
-    from xlmkit.tokenizer import FastEncoder
+    from xlmkit.data.tokenizer import FastEncoder
     sp = FastEncoder(tok).spm
     assert sp is not None, "not a tokenizer SentencePiece can encode (BPE?)"
     t = time.perf_counter()
@@ -129,7 +129,7 @@ def main() -> int:
                          capture_output=True, text=True).stdout.strip() or "?"
     print(f"xlmkit prepare benchmark: tokenizer {args.tokenizer}, vocab {args.vocab}, workers {args.workers}, "
           f"chunk_lines {args.chunk_lines}, tokenizer sample {args.sample}, {os.cpu_count()} CPUs ({cap}); "
-          f"text from {MONO if MONO.is_dir() else 'xlmkit.synthetic'}")
+          f"text from {MONO if MONO.is_dir() else 'xlmkit.data.synthetic'}")
     tmp = Path(tempfile.mkdtemp(prefix="xlmkit-bench-prepare-"))
     rows = []
     try:

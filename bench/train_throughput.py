@@ -14,7 +14,7 @@ torch.cuda.max_memory_allocated on CUDA) is its own.
     python bench/train_throughput.py --device cuda --steps 30
     python bench/train_throughput.py --cpu-isa avx2         # as on an AVX2-only CPU (see --cpu-isa)
 
-Precision: --precision auto (the default) resolves as xlmkit's trainer does (xlmkit.runtime): bf16 where
+Precision: --precision auto (the default) resolves as xlmkit's trainer does (xlmkit.core.runtime): bf16 where
 the device computes it natively, else fp32; both models run in the resolved precision. Where that is
 bf16, HF also runs once in fp32 (hf-fp32). The bench also measures the machine's matmul rate (a 2048^3
 product, best of several, in fp32 and in the resolved precision) and prints each model's FLOP/s as a
@@ -103,8 +103,8 @@ def make_batch(args, device):
 
 
 def build_xlmkit(args):
-    from xlmkit.config import ModelConfig
-    from xlmkit.model import XLMModel
+    from xlmkit.core.config import ModelConfig
+    from xlmkit.model.encoder import XLMModel
 
     cfg = ModelConfig(dim=args.dim, n_layers=args.layers, n_heads=args.heads, ffn_dim=args.ffn,
                       dropout=0.1, attention_dropout=0.1, max_positions=max(512, args.seq),
@@ -198,7 +198,7 @@ def run_worker(args) -> dict:
             out = model(input_ids=batch["inputs"], langs=batch["langs"], labels=batch["labels"])
             return out.loss
     else:
-        from xlmkit.train import PretrainingLoss
+        from xlmkit.train.pretrain import PretrainingLoss
 
         # the trainer's own loss module: encoder, output layer at the predicted positions, summed loss
         loss_model = PretrainingLoss(model)
@@ -288,7 +288,7 @@ def main(argv=None) -> int:
         print(json.dumps(run_worker(args)))
         return 0
 
-    from xlmkit.runtime import detect_hardware, resolve_precision
+    from xlmkit.core.runtime import detect_hardware, resolve_precision
 
     hw = detect_hardware(args.device)
     precision, why = resolve_precision(args.precision, hw)

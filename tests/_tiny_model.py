@@ -15,11 +15,11 @@ LANGS = ("de", "en", "fr")
 def make_tiny_run(out: Path, langs=LANGS, use_lang_emb: bool = True, max_positions: int = 64) -> Path:
     """A run directory with a random-init `tiny` XLMModel, a small BPE tokenizer trained on the
     synthetic grammar, vocab.json as pretraining writes it (checkpoint.save_model_run)."""
-    from xlmkit.checkpoint import save_model_run
-    from xlmkit.config import load_config
-    from xlmkit.model import XLMModel
-    from xlmkit.synthetic import sentence
-    from xlmkit.tokenizer import train_tokenizer
+    from xlmkit.train.checkpoint import save_model_run
+    from xlmkit.core.config import load_config
+    from xlmkit.model.encoder import XLMModel
+    from xlmkit.data.synthetic import sentence
+    from xlmkit.data.tokenizer import train_tokenizer
 
     rng = np.random.default_rng(0)
     sents = [sentence(rng)[lang] for _ in range(300) for lang in ("en", "fr", "de", "es")]
@@ -43,9 +43,9 @@ def make_tiny_run(out: Path, langs=LANGS, use_lang_emb: bool = True, max_positio
     return out
 
 
-# Words of xlmkit.synthetic's grammar with their UPOS tags, per language.
+# Words of xlmkit.data.synthetic's grammar with their UPOS tags, per language.
 def tagged_sentence(rng: np.random.Generator) -> dict[str, tuple[list[str], list[str]]]:
-    from xlmkit import synthetic as S
+    from xlmkit.data import synthetic as S
 
     n1, n2 = rng.choice(list(S._NOUNS), size=2, replace=False)
     adj = rng.choice(list(S._ADJS))
@@ -84,7 +84,7 @@ def write_pos_jsonl(out_dir: Path, n: int, seed: int = 0, langs=LANGS, parallel_
 
 def write_cls_jsonl(path: Path, n: int, lang: str, seed: int = 0) -> Path:
     """Classification: is the subject of the sentence an animal (cat, dog, bird)?"""
-    from xlmkit.synthetic import sentence
+    from xlmkit.data.synthetic import sentence
 
     rng = np.random.default_rng(seed)
     path.parent.mkdir(parents=True, exist_ok=True)

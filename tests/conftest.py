@@ -24,8 +24,8 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def synthetic_corpus(tmp_path_factory) -> Path:
-    """Raw text: en/fr/de monolingual files and en-fr, en-de parallel files (see xlmkit.synthetic)."""
-    from xlmkit.synthetic import write_corpus
+    """Raw text: en/fr/de monolingual files and en-fr, en-de parallel files (see xlmkit.data.synthetic)."""
+    from xlmkit.data.synthetic import write_corpus
 
     return write_corpus(tmp_path_factory.mktemp("corpus"), n_mono=1500, n_para=800, seed=0)
 
@@ -44,8 +44,8 @@ def one_cpu_thread():
 def tiny_prepared(synthetic_corpus, tmp_path_factory) -> Path:
     """The synthetic corpus prepared with the tiny preset, once per session. Its small grammar has
     fewer distinct pieces than the preset's vocabulary size, hence a smaller one."""
-    from xlmkit.config import load_config
-    from xlmkit.prepare import prepare_data
+    from xlmkit.core.config import load_config
+    from xlmkit.data.prepare import prepare_data
 
     cfg = load_config("tiny", ["prepare.vocab_size=80"])
     return prepare_data(cfg.prepare, tmp_path_factory.mktemp("prepared") / "data", data_dir=synthetic_corpus,

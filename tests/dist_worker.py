@@ -21,7 +21,7 @@ def install_failure(spec: str) -> None:
         raise SystemExit(f"dist_worker: unknown failure mode {mode!r}")
     if int(os.environ.get("RANK", "0")) != int(rank):
         return
-    from xlmkit.batches import PretrainSampler
+    from xlmkit.train.batches import PretrainSampler
 
     real_next_batches = PretrainSampler.next_batches
 
@@ -37,6 +37,6 @@ def install_failure(spec: str) -> None:
 
 if __name__ == "__main__":
     install_failure(sys.argv[1])
-    from xlmkit.cli import main
+    from xlmkit.cli.main import main
 
     raise SystemExit(main(sys.argv[2:]))

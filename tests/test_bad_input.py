@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from xlmkit.checkpoint import CHECKPOINTS, list_step_checkpoints, load_checkpoint, load_model, step_dir
-from xlmkit.cli import main
-from xlmkit.config import load_config
-from xlmkit.data import PreparedData
-from xlmkit.errors import DataError, XlmkitError
-from xlmkit.metrics import read_metrics
-from xlmkit.train import pretrain
+from xlmkit.train.checkpoint import CHECKPOINTS, list_step_checkpoints, load_checkpoint, load_model, step_dir
+from xlmkit.cli.main import main
+from xlmkit.core.config import load_config
+from xlmkit.data.format import PreparedData
+from xlmkit.core.errors import DataError, XlmkitError
+from xlmkit.train.metrics import read_metrics
+from xlmkit.train.pretrain import pretrain
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
@@ -36,16 +36,16 @@ class Killed(Exception):
 
 def run_until_killed(cfg, prepared, out, monkeypatch, kill_at: int) -> None:
     """Train `cfg` into `out` and stop it (an exception, as a crash) when step `kill_at` is logged."""
-    import xlmkit.metrics
+    import xlmkit.train.metrics
 
-    real_log = xlmkit.metrics.MetricsLogger.log
+    real_log = xlmkit.train.metrics.MetricsLogger.log
 
     def log_then_die(self, record):
         if record["step"] == kill_at and record["split"] == "train":
             raise Killed
         real_log(self, record)
 
-    monkeypatch.setattr(xlmkit.metrics.MetricsLogger, "log", log_then_die)
+    monkeypatch.setattr(xlmkit.train.metrics.MetricsLogger, "log", log_then_die)
     with pytest.raises(Killed):
         pretrain(cfg, prepared, out)
     monkeypatch.undo()
@@ -155,7 +155,7 @@ def test_resume_refuses_in_one_line_when_no_checkpoint_verifies(crashed, tiny_pr
 
 
 def test_checkpoints_written_before_hashes_get_structural_checks(crashed, tmp_path):
-    from xlmkit.integrity import checkpoint_problem
+    from xlmkit.core.integrity import checkpoint_problem
 
     run = copy_run(crashed, tmp_path)
     for step in (4, 6):

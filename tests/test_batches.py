@@ -10,18 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-from xlmkit.batches import Batch, PretrainSampler, VocabSpec, eval_batches
-from xlmkit.config import ConfigError, TrainConfig
-from xlmkit.data import FORMAT, FORMAT_VERSION, SPECIAL_TOKENS, SPLITS, PreparedData
-from xlmkit.errors import DataError
-from xlmkit.objectives import maskable_positions, n_predictions, stream_chunks, stream_layout, tlm_pair_layout
+from xlmkit.train.batches import Batch, PretrainSampler, VocabSpec, eval_batches
+from xlmkit.core.config import ConfigError, TrainConfig
+from xlmkit.data.format import FORMAT, FORMAT_VERSION, SPECIAL_TOKENS, SPLITS, PreparedData
+from xlmkit.core.errors import DataError
+from xlmkit.train.objectives import maskable_positions, n_predictions, stream_chunks, stream_layout, tlm_pair_layout
 
 V = 300
 PAD, EOS, UNK, MASK = 1, 2, 3, 4
 
 
 def write_prepared(root: Path, mono: dict, para: dict, vocab_size: int = V, dtype: str = "uint16") -> Path:
-    """Write the xlmkit.data format directly from lists of token-id lists.
+    """Write the xlmkit.data.format format directly from lists of token-id lists.
 
     mono: {lang: {split: [[ids], ...]}}; para: {"a-b": {split: ([[ids of a]], [[ids of b]])}}."""
     languages = sorted(set(mono) | {lang for pair in para for lang in pair.split("-")})
@@ -344,9 +344,9 @@ def test_tlm_and_clm_eval_batches(data):
 
 
 def test_sampler_works_on_prepare_data_output(tmp_path, synthetic_corpus):
-    """End to end with the real pipeline, when xlmkit.prepare exists."""
-    prepare = pytest.importorskip("xlmkit.prepare")
-    from xlmkit.config import load_config
+    """End to end with the real pipeline, when xlmkit.data.prepare exists."""
+    prepare = pytest.importorskip("xlmkit.data.prepare")
+    from xlmkit.core.config import load_config
 
     cfg = load_config("tiny")
     out = tmp_path / "prepared"

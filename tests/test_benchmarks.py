@@ -1,4 +1,4 @@
-"""Readers for benchmark folders with one sub-folder per language (xlmkit.benchmarks) and the
+"""Readers for benchmark folders with one sub-folder per language (xlmkit.tasks.benchmarks) and the
 zero-shot protocol on them."""
 
 import json
@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from xlmkit.benchmarks import folder_language, is_language_folders, read_language_folders
-from xlmkit.cli import main
-from xlmkit.errors import DataError
+from xlmkit.tasks.benchmarks import folder_language, is_language_folders, read_language_folders
+from xlmkit.cli.main import main
+from xlmkit.core.errors import DataError
 
 
 def test_folder_names_map_to_language_ids():
@@ -23,7 +23,7 @@ def test_folder_names_map_to_language_ids():
 
 def write_sib_like(root, langs=("eng_Latn", "deu_Latn", "fra_Latn"), n_train=40, n_dev=12, seed=0):
     """SIB-200's layout with the synthetic grammar: is the subject an animal?"""
-    from xlmkit.synthetic import sentence
+    from xlmkit.data.synthetic import sentence
 
     code = {"eng_Latn": "en", "deu_Latn": "de", "fra_Latn": "fr"}
     rng = np.random.default_rng(seed)
@@ -105,7 +105,7 @@ def test_the_shared_benchmarks_read_as_published(shared_data):
 
 def test_xnli_style_protocol_trains_on_english_dev(tiny_random_run, tmp_path):
     """Train on en.dev; test en and de on their test files, zh (dev only) on its dev file."""
-    from xlmkit.synthetic import sentence
+    from xlmkit.data.synthetic import sentence
 
     rng = np.random.default_rng(0)
     d = tmp_path / "xnli"

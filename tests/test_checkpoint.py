@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from xlmkit.checkpoint import (
+from xlmkit.train.checkpoint import (
     BEST,
     CHECKPOINTS,
     best_dir,
@@ -32,10 +32,10 @@ from xlmkit.checkpoint import (
     save_model_run,
     step_dir,
 )
-from xlmkit.config import load_config
-from xlmkit.errors import XlmkitError
-from xlmkit.model import XLMModel
-from xlmkit.train import build_optimizer, build_scheduler
+from xlmkit.core.config import load_config
+from xlmkit.core.errors import XlmkitError
+from xlmkit.model.encoder import XLMModel
+from xlmkit.train.pretrain import build_optimizer, build_scheduler
 
 VOCAB = {"lang2id": {"en": 0, "fr": 1}, "specials": {"bos": 0, "pad": 1, "eos": 2, "unk": 3, "mask": 4},
          "languages": ["en", "fr"], "pairs": ["en-fr"], "vocab_size": 40, "data_dir": "/nowhere"}
@@ -125,7 +125,7 @@ def test_checkpoint_files_are_safetensors_and_json_only_and_never_unpickled(tmp_
 
 
 def test_failed_write_leaves_previous_checkpoint_and_no_temp(tmp_path, cfg, monkeypatch):
-    import xlmkit.checkpoint as ck
+    import xlmkit.train.checkpoint as ck
 
     model, opt, sched = trained_objects(cfg)
     save_step(tmp_path, 1, model, opt, sched, cfg)
@@ -157,7 +157,7 @@ def test_process_killed_mid_write_leaves_previous_checkpoint_loadable(tmp_path, 
     script = textwrap.dedent(f"""
         import os, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
-        import xlmkit.checkpoint as ck
+        import xlmkit.train.checkpoint as ck
         from test_checkpoint import tiny_config, trained_objects, save_step
         real = ck.write_tensors
         def killed(tensors, path):

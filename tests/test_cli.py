@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from xlmkit.cli import COMMANDS, main
+from xlmkit.cli.main import COMMANDS, main
 
 
 def test_top_level_help_lists_commands(capsys):

@@ -1,4 +1,4 @@
-"""int8 quantization, vocabulary trimming and ONNX export (xlmkit.compress, xlmkit.onnx_export)."""
+"""int8 quantization, vocabulary trimming and ONNX export (xlmkit.interop.compress, xlmkit.interop.onnx)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import torch
 from safetensors.torch import load_file
 
 from _tiny_model import write_cls_jsonl
-from xlmkit.checkpoint import load_model, save_model_run
-from xlmkit.cli import main
-from xlmkit.compress import dequantize_rows, quantize_rows, quantize_run, trim_run
-from xlmkit.errors import XlmkitError
-from xlmkit.finetune import TaskEncoder, load_finetuned, predict
-from xlmkit.tasks import read_task_file
+from xlmkit.train.checkpoint import load_model, save_model_run
+from xlmkit.cli.main import main
+from xlmkit.interop.compress import dequantize_rows, quantize_rows, quantize_run, trim_run
+from xlmkit.core.errors import XlmkitError
+from xlmkit.tasks.finetune import TaskEncoder, load_finetuned, predict
+from xlmkit.tasks.io import read_task_file
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
@@ -30,7 +30,7 @@ MIN_AGREEMENT = 0.95
 
 
 def _sentences(n: int, lang: str = "en", seed: int = 1) -> list[str]:
-    from xlmkit.synthetic import sentence
+    from xlmkit.data.synthetic import sentence
 
     rng = np.random.default_rng(seed)
     return [sentence(rng)[lang] for _ in range(n)]
@@ -68,10 +68,10 @@ def int8_run(tiny_random_run, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def unigram_run(tiny_prepared, tmp_path_factory) -> Path:
     """A random tiny model on the prepared synthetic data (Unigram tokenizer; vocab.json data_dir)."""
-    from xlmkit.config import load_config
-    from xlmkit.data import PreparedData
-    from xlmkit.model import XLMModel
-    from xlmkit.train import resolve_config, vocab_info
+    from xlmkit.core.config import load_config
+    from xlmkit.data.format import PreparedData
+    from xlmkit.model.encoder import XLMModel
+    from xlmkit.train.pretrain import resolve_config, vocab_info
 
     data = PreparedData(tiny_prepared)
     cfg = resolve_config(load_config("tiny"), data)
@@ -102,7 +102,7 @@ def test_int8_run_is_smaller_and_close_to_fp32(tiny_random_run, int8_run):
     assert "token_embeddings.weight" not in files and "layers.0.ffn.lin1.weight.int8" in files
     state = json.loads((int8_run / "checkpoints/best/state.json").read_text())
     assert "token_embeddings.weight" in state["compression"]["int8"]
-    from xlmkit.compress import model_bytes
+    from xlmkit.interop.compress import model_bytes
 
     assert model_bytes(int8_run) < 0.4 * model_bytes(tiny_random_run)
 
@@ -117,7 +117,7 @@ def test_int8_run_is_smaller_and_close_to_fp32(tiny_random_run, int8_run):
     assert (a - b).abs().max() <= MAX_REL_DIFF * a.abs().max()
     assert torch.nn.functional.cosine_similarity(ea, eb).min() >= MIN_COSINE
     # int8 kernels (torch dynamic quantization, per channel) on the dequantized weights: same tolerance
-    from xlmkit.compress import int8_kernels
+    from xlmkit.interop.compress import int8_kernels
 
     fast = int8_kernels(load_model(int8_run).model)
     with torch.no_grad():
@@ -157,8 +157,8 @@ def test_training_from_an_int8_run_is_a_one_line_error(int8_run, tiny_prepared, 
         assert main(argv) == 2, argv
         err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("[")]  # notes aside
         assert len(err) == 1 and "error:" in err[0] and "int8-quantized run" in err[0], err
-    from xlmkit.finetune import finetune
-    from xlmkit.tasks import read_task_file as read
+    from xlmkit.tasks.finetune import finetune
+    from xlmkit.tasks.io import read_task_file as read
 
     with pytest.raises(XlmkitError, match="int8-quantized"):
         finetune(load_model(int8_run), load_model(int8_run).config.finetune, read(tmp_path / "t.jsonl", "classification"))
@@ -217,7 +217,7 @@ def test_trim_unigram_run_to_languages_of_its_data(unigram_run, tiny_prepared, t
     out = tmp_path / "trim-en"
     info = trim_run(unigram_run, out, langs=["en"])
     assert info["new_vocab"] < info["old_vocab"]
-    from xlmkit.data import PreparedData
+    from xlmkit.data.format import PreparedData
 
     data = PreparedData(tiny_prepared)
     valid = data.mono("en", "valid")
@@ -255,7 +255,7 @@ def test_trimmed_finetuned_run_evaluates_the_same(finetuned, tmp_path):
 def test_onnx_export_parity_and_embed(tiny_random_run, int8_run, finetuned, tmp_path, capsys):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from xlmkit.onnx_export import parity
+    from xlmkit.interop.onnx import parity
 
     text = tmp_path / "de.txt"
     text.write_text("\n".join(_sentences(40, "de")) + "\n")
@@ -283,7 +283,7 @@ def test_onnx_export_parity_and_embed(tiny_random_run, int8_run, finetuned, tmp_
 def test_onnx_int8_graph_is_smaller_and_close(tiny_random_run, tmp_path):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from xlmkit.onnx_export import export_onnx
+    from xlmkit.interop.onnx import export_onnx
 
     fp32 = export_onnx(tiny_random_run, tmp_path / "m.onnx")
     int8 = export_onnx(tiny_random_run, tmp_path / "m8.onnx", int8=True)
@@ -307,7 +307,7 @@ def test_missing_onnx_extra_is_a_one_line_error(tiny_random_run, tmp_path, monke
 def test_compressed_runs_load_in_retrieve(tiny_random_run, int8_run, tmp_path):
     """retrieve on the int8 run, a trimmed run and (onnxruntime) an ONNX graph: each gives a table; the
     trimmed run (kept pieces = the test text) and the ONNX graph score as the fp32 run does."""
-    from xlmkit.synthetic import sentence
+    from xlmkit.data.synthetic import sentence
 
     rng = np.random.default_rng(3)
     rows = [sentence(rng) for _ in range(40)]
@@ -321,7 +321,7 @@ def test_compressed_runs_load_in_retrieve(tiny_random_run, int8_run, tmp_path):
     try:
         import onnxruntime  # noqa: F401
 
-        from xlmkit.onnx_export import export_onnx
+        from xlmkit.interop.onnx import export_onnx
 
         export_onnx(tiny_random_run, tmp_path / "m.onnx")
         runs["onnx"] = [str(tiny_random_run), "--onnx", str(tmp_path / "m.onnx")]
@@ -339,7 +339,7 @@ def test_compressed_runs_load_in_retrieve(tiny_random_run, int8_run, tmp_path):
 def test_embed_on_an_int8_run_takes_the_int8_kernels_under_auto(int8_run, tmp_path):
     """precision auto on the CPU: PyTorch's int8 kernels, close to the dequantized fp32 embeddings;
     an explicit fp32 keeps the exact fp32 arithmetic."""
-    from xlmkit.retrieval import load_encoder
+    from xlmkit.tasks.retrieval import load_encoder
 
     auto, info = load_encoder(int8_run, device="cpu")
     exact, info32 = load_encoder(int8_run, device="cpu", precision="fp32")

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from xlmkit.config import (
+from xlmkit.core.config import (
     PRESETS,
     ConfigError,
     config_from_dict,

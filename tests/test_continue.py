@@ -15,11 +15,11 @@ pytest.importorskip("transformers")
 
 from test_hf import save_hf_xlm, save_hf_xlmr
 
-from xlmkit.batches import PretrainSampler, VocabSpec
-from xlmkit.cli import main as cli_main
-from xlmkit.config import load_config
-from xlmkit.data import PreparedData
-from xlmkit.objectives import mask_tokens, maskable_positions
+from xlmkit.train.batches import PretrainSampler, VocabSpec
+from xlmkit.cli.main import main as cli_main
+from xlmkit.core.config import load_config
+from xlmkit.data.format import PreparedData
+from xlmkit.train.objectives import mask_tokens, maskable_positions
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 SMALL = ["--config", "tiny", "--set", "train.bptt=32", "--set", "train.tlm_max_len=40", "--set", "train.batch_size=8",
@@ -86,10 +86,10 @@ def test_sampler_never_predicts_or_draws_special_ids(xlmr_continued):
 
 
 def test_init_starts_from_the_imported_weights(xlmr_continued):
-    from xlmkit.checkpoint import load_model
-    from xlmkit.config import config_from_dict
-    from xlmkit.runtime import DistInfo
-    from xlmkit.train import PretrainingLoss, build_eval_sets, evaluate
+    from xlmkit.train.checkpoint import load_model
+    from xlmkit.core.config import config_from_dict
+    from xlmkit.core.runtime import DistInfo
+    from xlmkit.train.pretrain import PretrainingLoss, build_eval_sets, evaluate
 
     run, data_dir, out = xlmr_continued
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

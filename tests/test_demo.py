@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from xlmkit.cli import main
+from xlmkit.cli.main import main
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 

@@ -1,4 +1,4 @@
-"""Distillation (xlmkit.distill): the student starts from the teacher, and training on the teacher's
+"""Distillation (xlmkit.train.distill): the student starts from the teacher, and training on the teacher's
 data brings the student's predictions closer to the teacher's on held-out text."""
 
 import json
@@ -6,11 +6,11 @@ import json
 import torch
 import torch.nn.functional as F
 
-from xlmkit.checkpoint import load_model
-from xlmkit.cli import main
-from xlmkit.config import load_config
-from xlmkit.distill import init_student, teacher_layers
-from xlmkit.model import XLMModel
+from xlmkit.train.checkpoint import load_model
+from xlmkit.cli.main import main
+from xlmkit.core.config import load_config
+from xlmkit.train.distill import init_student, teacher_layers
+from xlmkit.model.encoder import XLMModel
 
 COMMON = ["train.eval_batches=2", "train.device=cpu", "train.precision=fp32", "model.dropout=0",
           "model.attention_dropout=0"]
@@ -23,7 +23,7 @@ def test_teacher_layers_spread_over_the_depth():
 
 def held_out_kl(student, teacher, data) -> float:
     """Mean KL(teacher || student) per predicted token over the validation MLM batches of every language."""
-    from xlmkit.batches import eval_batches
+    from xlmkit.train.batches import eval_batches
 
     cfg = load_config("tiny", COMMON).train
     total, n = 0.0, 0
@@ -39,7 +39,7 @@ def held_out_kl(student, teacher, data) -> float:
 
 
 def test_distillation_brings_the_student_closer_to_the_teacher(tiny_prepared, tmp_path):
-    from xlmkit.data import PreparedData
+    from xlmkit.data.format import PreparedData
 
     teacher_run = tmp_path / "teacher"
     assert main(["pretrain", "--data", str(tiny_prepared), "--out", str(teacher_run),

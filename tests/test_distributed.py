@@ -20,10 +20,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from xlmkit.checkpoint import list_step_checkpoints, read_state, step_dir
-from xlmkit.config import load_config
-from xlmkit.metrics import read_metrics
-from xlmkit.train import pretrain
+from xlmkit.train.checkpoint import list_step_checkpoints, read_state, step_dir
+from xlmkit.core.config import load_config
+from xlmkit.train.metrics import read_metrics
+from xlmkit.train.pretrain import pretrain
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 STEPS = 20

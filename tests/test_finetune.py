@@ -8,11 +8,11 @@ import torch
 from _tiny_model import make_tiny_run, write_cls_jsonl, write_pos_jsonl
 from tokenizers import Tokenizer
 
-from xlmkit.checkpoint import load_model
-from xlmkit.cli import main
-from xlmkit.config import ConfigError, load_config
-from xlmkit.errors import DataError
-from xlmkit.finetune import (
+from xlmkit.train.checkpoint import load_model
+from xlmkit.cli.main import main
+from xlmkit.core.config import ConfigError, load_config
+from xlmkit.core.errors import DataError
+from xlmkit.tasks.finetune import (
     IGNORE,
     TaskEncoder,
     TaskSpec,
@@ -22,7 +22,7 @@ from xlmkit.finetune import (
     load_finetuned,
     predict,
 )
-from xlmkit.tasks import Example, read_task_file
+from xlmkit.tasks.io import Example, read_task_file
 
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
@@ -122,7 +122,7 @@ def test_model_without_language_embeddings_takes_any_language(tmp_path):
 
 
 def test_freeze_layers_and_two_learning_rates(tiny_random_run):
-    from xlmkit.finetune import TaskModel
+    from xlmkit.tasks.finetune import TaskModel
 
     loaded = load_model(tiny_random_run)
     model = TaskModel(loaded.model, 3, "classification")
@@ -174,8 +174,8 @@ def test_finetune_cli_writes_a_loadable_model(tiny_random_run, tmp_path, capsys)
 def test_finetune_learns_and_stops_early(tiny_random_run, tmp_path):
     """Synthetic POS tagging: the tagger beats the majority tag on its own language; with patience 1 and
     learning rates that do nothing, training stops after the second epoch."""
-    from xlmkit import metrics_eval as M
-    from xlmkit.finetune import score
+    from xlmkit.tasks import scores as M
+    from xlmkit.tasks.finetune import score
 
     data = write_pos_jsonl(tmp_path / "pos", 160, seed=0, langs=("en",))
     exs = read_task_file(data / "en.jsonl", "token")
@@ -299,7 +299,7 @@ def test_pos_zero_shot_on_real_ud_pud(tiny_random_run, shared_data, tmp_path):
 
 
 def test_scores_ignore_words_cut_by_truncation():
-    from xlmkit.finetune import score
+    from xlmkit.tasks.finetune import score
 
     ex = Example(lang="en", label=["A", "B", "A"], tokens=["x", "y", "z"])
     s = score([ex], [np.array([0, 0])], ["A", "B"])
@@ -308,7 +308,7 @@ def test_scores_ignore_words_cut_by_truncation():
 
 def test_pair_task_trains_and_saves(tiny_random_run, tmp_path):
     """Sentence pairs (PAWS-X style): is b the translation of a? Two steps, first-token pooling."""
-    from xlmkit.synthetic import sentence
+    from xlmkit.data.synthetic import sentence
 
     rng = np.random.default_rng(0)
     rows = [sentence(rng) for _ in range(24)]

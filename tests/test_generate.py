@@ -1,14 +1,14 @@
-"""The decoder, its KV cache and decoding (xlmkit.decoder, xlmkit.generate) on a tiny random model."""
+"""The decoder, its KV cache and decoding (xlmkit.model.decoder, xlmkit.model.generate) on a tiny random model."""
 
 import itertools
 
 import pytest
 import torch
 
-from xlmkit.config import ModelConfig
-from xlmkit.decoder import EncoderDecoder
-from xlmkit.generate import GenerationConfig, filter_logits, generate, max_lengths, sentence_logprob
-from xlmkit.model import XLMModel
+from xlmkit.core.config import ModelConfig
+from xlmkit.model.decoder import EncoderDecoder
+from xlmkit.model.generate import GenerationConfig, filter_logits, generate, max_lengths, sentence_logprob
+from xlmkit.model.encoder import XLMModel
 
 BOS = EOS = 2
 PAD = 1

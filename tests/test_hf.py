@@ -13,12 +13,12 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from xlmkit import hf  # noqa: E402
-from xlmkit.checkpoint import load_model, save_model_run  # noqa: E402
-from xlmkit.cli import main as cli_main  # noqa: E402
-from xlmkit.config import ModelConfig, load_config  # noqa: E402
-from xlmkit.errors import XlmkitError  # noqa: E402
-from xlmkit.model import XLMModel  # noqa: E402
+from xlmkit.interop import hf  # noqa: E402
+from xlmkit.train.checkpoint import load_model, save_model_run  # noqa: E402
+from xlmkit.cli.main import main as cli_main  # noqa: E402
+from xlmkit.core.config import ModelConfig, load_config  # noqa: E402
+from xlmkit.core.errors import XlmkitError  # noqa: E402
+from xlmkit.model.encoder import XLMModel  # noqa: E402
 
 TOL = 1e-4
 SENTENCES = {
@@ -163,7 +163,7 @@ def work(tmp_path_factory) -> Path:
 
 def train_xlmkit_tokenizer(path: Path, kind: str) -> Path:
     """The tokenizer `xlmkit prepare` makes (fixed specials, language tags, xlmkit's normaliser)."""
-    from xlmkit.tokenizer import train_tokenizer as xlmkit_train_tokenizer
+    from xlmkit.data.tokenizer import train_tokenizer as xlmkit_train_tokenizer
 
     tok = xlmkit_train_tokenizer([s for v in SENTENCES.values() for s in v] * 10, LANGS, kind=kind, vocab_size=180)
     tok.save(str(path))
@@ -535,7 +535,7 @@ def test_small_model_same_top1_predictions_in_transformers(tmp_path):
     exported model, loaded by transformers, predicts the same top-1 token at masked validation positions."""
     import numpy as np
 
-    from xlmkit.data import PreparedData
+    from xlmkit.data.format import PreparedData
 
     run = os.environ.get("XLMKIT_SMALL_RUN")
     if not run:

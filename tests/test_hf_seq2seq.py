@@ -1,16 +1,16 @@
-"""An xlmkit EncoderDecoder as transformers' EncoderDecoderModel (xlmkit.hf_seq2seq): same logits,
+"""An xlmkit EncoderDecoder as transformers' EncoderDecoderModel (xlmkit.interop.hf_seq2seq): same logits,
 same greedy tokens; options without an equivalent refused in one line."""
 
 import pytest
 import torch
 
-from xlmkit.config import ModelConfig
-from xlmkit.decoder import EncoderDecoder
-from xlmkit.errors import XlmkitError
-from xlmkit.generate import GenerationConfig, generate
+from xlmkit.core.config import ModelConfig
+from xlmkit.model.decoder import EncoderDecoder
+from xlmkit.core.errors import XlmkitError
+from xlmkit.model.generate import GenerationConfig, generate
 
 pytest.importorskip("transformers")
-from xlmkit.hf_seq2seq import export_encoder_decoder, to_transformers  # noqa: E402
+from xlmkit.interop.hf_seq2seq import export_encoder_decoder, to_transformers  # noqa: E402
 
 VOCAB = {"specials": {"bos": 0, "pad": 1, "eos": 2, "unk": 3, "mask": 4}, "sentence_wrap": "xlm"}
 

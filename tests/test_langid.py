@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from xlmkit.cli import main
-from xlmkit.errors import DataError
-from xlmkit.langid import read_langid_dir, split_language
+from xlmkit.cli.main import main
+from xlmkit.core.errors import DataError
+from xlmkit.tasks.langid import read_langid_dir, split_language
 
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 @pytest.fixture(scope="module")
 def langid_dir(tmp_path_factory):
-    from xlmkit.synthetic import sentence
+    from xlmkit.data.synthetic import sentence
 
     d = tmp_path_factory.mktemp("langid")
     rng = np.random.default_rng(0)

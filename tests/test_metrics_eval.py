@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from xlmkit import metrics_eval as M
+from xlmkit.tasks import scores as M
 
 sk = pytest.importorskip("sklearn.metrics")
 

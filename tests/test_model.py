@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from xlmkit.config import ModelConfig
-from xlmkit.model import XLMModel, attention_with_dropout, create_sinusoidal_embeddings, dropout, keep_mask
+from xlmkit.core.config import ModelConfig
+from xlmkit.model.encoder import XLMModel, attention_with_dropout, create_sinusoidal_embeddings, dropout, keep_mask
 
 PAD = 1
 V = 53

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xlmkit.objectives import (
+from xlmkit.train.objectives import (
     clm_targets,
     language_probs,
     mask_tokens,
@@ -18,7 +18,7 @@ from xlmkit.objectives import (
     token_frequencies,
 )
 
-# Specials as in xlmkit.data: <s>=0 <pad>=1 </s>=2 <unk>=3 <mask>=4, then 3 language tags (5, 6, 7).
+# Specials as in xlmkit.data.format: <s>=0 <pad>=1 </s>=2 <unk>=3 <mask>=4, then 3 language tags (5, 6, 7).
 BOS, PAD, EOS, UNK, MASK = 0, 1, 2, 3, 4
 FIRST = 8
 V = 500

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from xlmkit.cli import main
-from xlmkit.config import load_config
-from xlmkit.data import SPLITS, PreparedData
-from xlmkit.prepare import discover_inputs, prepare_data, split_indices
-from xlmkit.text import clean_line
+from xlmkit.cli.main import main
+from xlmkit.core.config import load_config
+from xlmkit.data.format import SPLITS, PreparedData
+from xlmkit.data.prepare import discover_inputs, prepare_data, split_indices
+from xlmkit.data.text import clean_line
 
 # The synthetic grammar has ~150 distinct words: far fewer subwords than tiny's 1000 (see
 # test_prepare_errors for what happens then), so synthetic tests ask for a vocabulary it can fill.
@@ -121,7 +121,7 @@ def test_shards_do_not_depend_on_workers_or_chunks(prepared, synthetic_corpus, t
 
     (Compared with one fixed tokenizer: Hugging Face's trainers are not bit-reproducible run to run.)
     """
-    from xlmkit.prepare import _clean_all, encode_sources, resolve_sources
+    from xlmkit.data.prepare import _clean_all, encode_sources, resolve_sources
 
     cfg, out = prepared
     tok = PreparedData(out).tokenizer
@@ -152,7 +152,7 @@ def test_rerun_is_up_to_date_and_settings_change_redoes(synthetic_corpus, tmp_pa
 
 
 def test_failed_run_keeps_previous_output_and_leaves_no_partial_dir(synthetic_corpus, tmp_path):
-    from xlmkit.errors import DataError
+    from xlmkit.core.errors import DataError
 
     cfg = tiny(vocab_size=SYNTHETIC_VOCAB, workers=1)
     out = prepare_data(cfg, tmp_path / "d", data_dir=synthetic_corpus, progress=False)

@@ -1,6 +1,6 @@
 """The encoding engine, reproducible builds, character coverage, several corpora per language, ISO codes.
 
-Shards are encoded by SentencePiece from the exported tokenizer.json (xlmkit.tokenizer.FastEncoder);
+Shards are encoded by SentencePiece from the exported tokenizer.json (xlmkit.data.tokenizer.FastEncoder);
 `tokenizers` loading that same file must give exactly the shard ids.
 """
 
@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from xlmkit.cli import main
-from xlmkit.config import load_config
-from xlmkit.data import SPLITS, PreparedData
-from xlmkit.errors import DataError
-from xlmkit.prepare import prepare_data
-from xlmkit.text import clean_line
-from xlmkit.tokenizer import FastEncoder, train_tokenizer
+from xlmkit.cli.main import main
+from xlmkit.core.config import load_config
+from xlmkit.data.format import SPLITS, PreparedData
+from xlmkit.core.errors import DataError
+from xlmkit.data.prepare import prepare_data
+from xlmkit.data.text import clean_line
+from xlmkit.data.tokenizer import FastEncoder, train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -259,7 +259,7 @@ def test_unknown_iso_code_is_an_error_with_an_escape_hatch(tmp_path, capsys):
                  "prepare.vocab_size=40", "--set", "prepare.extra_langs=zz"]) == 0
     assert PreparedData(tmp_path / "d").languages == ["zz"]
     for code in ("qaa", "yue", "cmn", "zh-Hans", "ber"):  # local use, 639-3, subtag, 639-5: accepted
-        from xlmkit.langs import check_lang
+        from xlmkit.core.langs import check_lang
 
         check_lang(code)
 
@@ -280,7 +280,7 @@ def test_progress_output_has_no_empty_bars_or_blank_lines(synthetic_corpus, tmp_
 
 
 def test_encode_lines_matches_tokenizers_on_odd_input(tmp_path):
-    from xlmkit.prepare import encode_lines
+    from xlmkit.data.prepare import encode_lines
 
     tok = train_tokenizer([f"word{i % 37} and more text {i}" for i in range(3000)], ["en"], "unigram", 120)
     lines = ["word1 and", "", "ünknown ☃ chars", "a <mask> b", "word2 and more " * 200]  # the last: > 2000 chars

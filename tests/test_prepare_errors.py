@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from xlmkit.cli import main
-from xlmkit.config import load_config
-from xlmkit.errors import DataError
-from xlmkit.prepare import discover_inputs, prepare_data
+from xlmkit.cli.main import main
+from xlmkit.core.config import load_config
+from xlmkit.core.errors import DataError
+from xlmkit.data.prepare import discover_inputs, prepare_data
 
 
 def tiny(**changes):
@@ -151,7 +151,7 @@ def test_no_inputs(tmp_path):
 
 
 def test_train_tokenizer_will_not_overwrite_a_prepared_dirs_tokenizer(tmp_path):
-    from xlmkit.prepare import train_tokenizer_only
+    from xlmkit.data.prepare import train_tokenizer_only
 
     en = write(tmp_path / "en.txt", lines("en", 200))
     out = prepare(tmp_path, tiny(vocab_size=30), mono={"en": en})

@@ -1,12 +1,12 @@
-"""Extractive QA pieces (xlmkit.qa): the SQuAD reader, windows, span decoding, MLQA's metrics."""
+"""Extractive QA pieces (xlmkit.tasks.qa): the SQuAD reader, windows, span decoding, MLQA's metrics."""
 
 import json
 
 import numpy as np
 import pytest
 
-from xlmkit.errors import DataError
-from xlmkit.qa import (QAExample, answer_token_span, best_spans, decode_answer, exact_match, f1, normalize_answer,
+from xlmkit.core.errors import DataError
+from xlmkit.tasks.qa import (QAExample, answer_token_span, best_spans, decode_answer, exact_match, f1, normalize_answer,
                        qa_scores, read_squad, window_spans, window_target)
 
 
@@ -134,7 +134,7 @@ def word_tokenizer(texts):
 def test_features_round_trip_to_the_answer_text_through_every_window():
     """Logits peaked at each feature's target decode back to the gold answer's characters, whether the
     answer is in the first window, in a later one, or cut by a window edge and whole in the next."""
-    from xlmkit.qa import qa_features
+    from xlmkit.tasks.qa import qa_features
 
     context = "Tom lives in Paris . " * 3 + "The capital of Kenya is Nairobi , a large city . " + "Cats sleep a lot . " * 4
     start = context.index("Nairobi")

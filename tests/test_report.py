@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from xlmkit.cli import main
-from xlmkit.errors import XlmkitError
-from xlmkit.report import (
+from xlmkit.cli.main import main
+from xlmkit.core.errors import XlmkitError
+from xlmkit.report.render import (
     average_of,
     build_report,
     format_value,

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from xlmkit.cli import main
-from xlmkit.retrieval import (
+from xlmkit.cli.main import main
+from xlmkit.tasks.retrieval import (
     SentenceFormat,
     cosine_top1,
     cosine_top1_accuracy,
@@ -75,7 +75,7 @@ def _tokenizer(path: Path, dictionary: bool) -> Path:
     from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
     from tokenizers.models import WordLevel
 
-    from xlmkit import synthetic
+    from xlmkit.data import synthetic
 
     vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4,
              "<lang:de>": 5, "<lang:en>": 6, "<lang:es>": 7, "<lang:fr>": 8}
@@ -103,9 +103,9 @@ def _tokenizer(path: Path, dictionary: bool) -> Path:
 def _make_run(tmp: Path, dictionary: bool = False, use_lang_emb: bool = True, seed: int = 0) -> Path:
     from tokenizers import Tokenizer
 
-    from xlmkit.checkpoint import save_model_run
-    from xlmkit.config import load_config
-    from xlmkit.model import XLMModel
+    from xlmkit.train.checkpoint import save_model_run
+    from xlmkit.core.config import load_config
+    from xlmkit.model.encoder import XLMModel
 
     tok_path = _tokenizer(tmp / "tokenizer.json", dictionary)
     vocab_size = Tokenizer.from_file(str(tok_path)).get_vocab_size()
@@ -135,7 +135,7 @@ def dictionary_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def parallel_dir(tmp_path_factory) -> Path:
     """en-fr, en-de, en-es line-aligned test files (generated grammar) in the generic layout."""
-    from xlmkit.synthetic import write_corpus
+    from xlmkit.data.synthetic import write_corpus
 
     d = tmp_path_factory.mktemp("bitext")
     write_corpus(d, n_mono=0, n_para=120, seed=3, langs=(), pairs=("en-fr", "en-de", "en-es"))

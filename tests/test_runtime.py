@@ -1,11 +1,11 @@
-"""Precision is chosen from the hardware (xlmkit.runtime): bf16 only where it is native."""
+"""Precision is chosen from the hardware (xlmkit.core.runtime): bf16 only where it is native."""
 
 import json
 
 import pytest
 import torch
 
-from xlmkit.runtime import Hardware, autocast, detect_hardware, has_native_bf16, resolve_precision
+from xlmkit.core.runtime import Hardware, autocast, detect_hardware, has_native_bf16, resolve_precision
 
 # The two kinds of CPU as torch reports them: an AVX2-only EPYC (Zen 2/3) or pre-Cooper-Lake Xeon, and
 # an AVX-512 CPU with bf16 dot products (Zen 4, Cooper Lake) or AMX (Sapphire Rapids).
@@ -61,8 +61,8 @@ def test_onednn_isa_limit_hides_bf16_units(monkeypatch):
 
 
 def test_pretrain_resolves_auto_once_and_writes_the_result(tiny_prepared, tmp_path, capsys):
-    from xlmkit.config import load_config
-    from xlmkit.train import pretrain
+    from xlmkit.core.config import load_config
+    from xlmkit.train.pretrain import pretrain
 
     cfg = load_config("tiny", ["train.max_steps=1", "train.eval_batches=1", "train.device=cpu"])
     assert cfg.train.precision == "auto" and cfg.finetune.precision == "auto"  # the defaults

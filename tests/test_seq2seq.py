@@ -1,4 +1,4 @@
-"""Translation objectives (xlmkit.seq2seq): noise, batches, the loss, back-translation, and a tiny
+"""Translation objectives (xlmkit.tasks.seq2seq): noise, batches, the loss, back-translation, and a tiny
 encoder-decoder that learns to copy."""
 
 import numpy as np
@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from xlmkit.config import ModelConfig
-from xlmkit.decoder import EncoderDecoder
-from xlmkit.generate import GenerationConfig, generate
-from xlmkit.model import XLMModel
-from xlmkit.seq2seq import (NoiseConfig, add_noise, back_translation_pairs, collate_pairs, denoising_batch,
+from xlmkit.core.config import ModelConfig
+from xlmkit.model.decoder import EncoderDecoder
+from xlmkit.model.generate import GenerationConfig, generate
+from xlmkit.model.encoder import XLMModel
+from xlmkit.tasks.seq2seq import (NoiseConfig, add_noise, back_translation_pairs, collate_pairs, denoising_batch,
                             seq2seq_loss_sum, word_blank, word_dropout, word_shuffle)
 
 BOS = EOS = 2

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from xlmkit.errors import DataError
-from xlmkit.tasks import (
+from xlmkit.core.errors import DataError
+from xlmkit.tasks.io import (
     build_pud_genre,
     check_labels,
     group_by_lang,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xlmkit.errors import DataError
-from xlmkit.text import HashSet64, clean_line, count_lines, filter_reason, line_hash, read_lines, remove_accents
+from xlmkit.core.errors import DataError
+from xlmkit.data.text import HashSet64, clean_line, count_lines, filter_reason, line_hash, read_lines, remove_accents
 
 TRICKY = [
     "  Ｆｕｌｌ－ｗｉｄｔｈ  ﬁne   ligatures\u00a0and no-break spaces ",

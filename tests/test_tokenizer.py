@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from xlmkit.config import PrepareConfig
-from xlmkit.errors import DataError
-from xlmkit.prepare import Source, clean_source, tokenizer_sample
-from xlmkit.text import clean_line
-from xlmkit.tokenizer import (iter_sampled, language_shares, make_normalizer, sample_line_indices, sample_sizes,
+from xlmkit.core.config import PrepareConfig
+from xlmkit.core.errors import DataError
+from xlmkit.data.prepare import Source, clean_source, tokenizer_sample
+from xlmkit.data.text import clean_line
+from xlmkit.data.tokenizer import (iter_sampled, language_shares, make_normalizer, sample_line_indices, sample_sizes,
                               train_tokenizer)
-from xlmkit.synthetic import sentence
+from xlmkit.data.synthetic import sentence
 
 from test_text import TRICKY
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from xlmkit.checkpoint import CHECKPOINTS, best_metric, list_step_checkpoints, load_model, read_state
-from xlmkit.cli import main
-from xlmkit.config import TrainConfig, load_config
-from xlmkit.errors import XlmkitError
-from xlmkit.metrics import read_metrics
-from xlmkit.train import lr_factor, output_loss_sum, pretrain
+from xlmkit.train.checkpoint import CHECKPOINTS, best_metric, list_step_checkpoints, load_model, read_state
+from xlmkit.cli.main import main
+from xlmkit.core.config import TrainConfig, load_config
+from xlmkit.core.errors import XlmkitError
+from xlmkit.train.metrics import read_metrics
+from xlmkit.train.pretrain import lr_factor, output_loss_sum, pretrain
 
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
@@ -118,7 +118,7 @@ class Killed(Exception):
 def test_resume_is_exact(prepared, tmp_path, monkeypatch):
     """8 steps straight == 4 steps, a crash, then --resume (fp32, dropout on): every logged train loss
     and every final weight identical."""
-    import xlmkit.metrics
+    import xlmkit.train.metrics
 
     overrides = ("train.max_steps=8", "train.save_every=4", "train.log_every=1", "train.eval_every=100",
                  "train.eval_batches=1", "train.precision=fp32", "train.batch_size=8", "model.dropout=0.1",
@@ -126,14 +126,14 @@ def test_resume_is_exact(prepared, tmp_path, monkeypatch):
     cfg = config(*overrides)
     pretrain(cfg, prepared, tmp_path / "straight")
 
-    real_log = xlmkit.metrics.MetricsLogger.log
+    real_log = xlmkit.train.metrics.MetricsLogger.log
 
     def log_then_die(self, record):
         if record["step"] == 6 and record["split"] == "train":
             raise Killed  # after the step-4 checkpoint, with step 5 logged: it is trained again
         real_log(self, record)
 
-    monkeypatch.setattr(xlmkit.metrics.MetricsLogger, "log", log_then_die)
+    monkeypatch.setattr(xlmkit.train.metrics.MetricsLogger, "log", log_then_die)
     with pytest.raises(Killed):
         pretrain(cfg, prepared, tmp_path / "resumed")
     monkeypatch.undo()

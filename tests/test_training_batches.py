@@ -1,8 +1,8 @@
-"""Fine-tuning batches grouped by length (xlmkit.finetune.training_batches)."""
+"""Fine-tuning batches grouped by length (xlmkit.tasks.finetune.training_batches)."""
 
 import numpy as np
 
-from xlmkit.finetune import training_batches
+from xlmkit.tasks.finetune import training_batches
 
 
 def test_every_example_once_per_epoch_in_batches_of_similar_length():

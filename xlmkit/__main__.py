@@ -1,4 +1,4 @@
-from xlmkit.cli import main
+from xlmkit.cli.main import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,0 +1,66 @@
+"""Language codes: one canonical code per language.
+
+Real corpora mix ISO 639-3 (`eng`, `fra`, Tatoeba, Leipzig) and ISO 639-1 (`en`, `fr`, UD, Multi30K).
+xlmkit uses ISO 639-1 where the language has one and the 639-3 code otherwise, so `eng.txt` and
+`multi30k.en-fr.en` are the same language.
+"""
+
+from __future__ import annotations
+
+import re
+
+ISO3_TO_ISO1 = {
+    "afr": "af", "amh": "am", "ara": "ar", "aze": "az", "bel": "be", "ben": "bn", "bos": "bs", "bre": "br",
+    "bul": "bg", "cat": "ca", "ces": "cs", "cze": "cs", "cmn": "zh", "zho": "zh", "chi": "zh", "cym": "cy",
+    "wel": "cy", "dan": "da", "deu": "de", "ger": "de", "ell": "el", "gre": "el", "eng": "en", "epo": "eo",
+    "est": "et", "eus": "eu", "baq": "eu", "fao": "fo", "fas": "fa", "per": "fa", "pes": "fa", "fin": "fi",
+    "fra": "fr", "fre": "fr", "fry": "fy", "gla": "gd", "gle": "ga", "glg": "gl", "guj": "gu", "heb": "he",
+    "hin": "hi", "hrv": "hr", "hun": "hu", "hye": "hy", "arm": "hy", "ido": "io", "ile": "ie", "ina": "ia",
+    "ind": "id", "isl": "is", "ice": "is", "ita": "it", "jav": "jv", "jpn": "ja", "kat": "ka", "geo": "ka",
+    "kaz": "kk", "khm": "km", "kor": "ko", "kur": "ku", "lat": "la", "lit": "lt", "lvs": "lv", "lav": "lv",
+    "lug": "lg", "mal": "ml", "mar": "mr", "mkd": "mk", "mac": "mk", "mon": "mn", "mri": "mi", "mao": "mi",
+    "msa": "ms", "may": "ms", "zsm": "ms", "nld": "nl", "dut": "nl", "nno": "nn", "nob": "nb", "nor": "no",
+    "oci": "oc", "pan": "pa", "pol": "pl", "por": "pt", "ron": "ro", "rum": "ro", "rus": "ru", "slk": "sk",
+    "slo": "sk", "slv": "sl", "sna": "sn", "som": "so", "sot": "st", "spa": "es", "sqi": "sq", "alb": "sq",
+    "srp": "sr", "swa": "sw", "swh": "sw", "swe": "sv", "tam": "ta", "tat": "tt", "tel": "te", "tgl": "tl",
+    "tha": "th", "tsn": "tn", "tso": "ts", "tuk": "tk", "tur": "tr", "uig": "ug", "ukr": "uk", "urd": "ur",
+    "uzb": "uz", "vie": "vi", "xho": "xh", "yid": "yi", "yor": "yo", "yue": "yue", "zul": "zu", "nds": "nds",
+}
+
+_CODE = re.compile(r"^[a-z]{2,3}([_-][A-Za-z0-9]{2,8})?$")
+
+
+def canonical_lang(code: str) -> str:
+    """'eng' -> 'en', 'EN' -> 'en', 'ber' -> 'ber'. Raises ValueError for something that is no code."""
+    c = code.strip()
+    if not _CODE.match(c.lower()):
+        raise ValueError(f"not a language code: {code!r} (expected ISO 639-1 or 639-3, e.g. 'en' or 'eng')")
+    c = c.lower().replace("_", "-")
+    return ISO3_TO_ISO1.get(c, c)
+
+
+def canonical_pair(pair: str) -> str:
+    """'eng-fra' -> 'en-fr'. Order is kept: the first language is the first side."""
+    parts = pair.split("-")
+    if len(parts) != 2:
+        raise ValueError(f"not a language pair: {pair!r} (expected e.g. 'en-fr')")
+    a, b = (canonical_lang(p) for p in parts)
+    if a == b:
+        raise ValueError(f"language pair {pair!r} has the same language on both sides")
+    return f"{a}-{b}"
+
+
+def check_lang(code: str, extra: tuple[str, ...] | list[str] = ()) -> str:
+    """canonical_lang, and the code must be ISO 639 (xlmkit.core.iso639: 639-1, 639-2/3/5, the local-use
+    range qaa-qtz) or one of `extra` (prepare.extra_langs), so that a typo ('fe' for 'fr') does not
+    silently become a new language. A subtag after the code ('zh-Hans', 'sr_Latn') is kept unchecked."""
+    from xlmkit.core.iso639 import ISO639_1, ISO639_3
+
+    lang = canonical_lang(code)
+    if lang in {canonical_lang(e) for e in extra} or code.strip().lower() in {e.strip().lower() for e in extra}:
+        return lang
+    base = lang.split("-")[0]
+    if base in ISO639_1 or base in ISO639_3 or (len(base) == 3 and "qaa" <= base <= "qtz"):
+        return lang
+    raise ValueError(f"{code!r} is not an ISO 639-1 or 639-3 language code; for a private code "
+                     f"set prepare.extra_langs={code}")

@@ -1,0 +1,414 @@
+"""`xlmkit evaluate`: zero-shot cross-lingual transfer. Fine-tune on one language, test on every language.
+
+    xlmkit evaluate --model RUN_DIR --task token --data ../shared/data/ud-pud --train-lang en --out eval/pos
+    xlmkit evaluate --model RUN_DIR --task classification --data DIR --out eval/cls
+
+Data: a directory (every .jsonl / .tsv / .conllu / .conll file in it) or comma-separated files, in the
+formats of xlmkit.tasks.io. A file's split comes from its name (`train`, `dev` / `valid`, `test`, e.g.
+`en.train.jsonl`); a file whose name names no split is "unsplit". A directory of language folders
+(SIB-200's `eng_Latn/train.tsv`, UMSAB sentiment's `english/train_text.txt` + `train_labels.txt`) is
+read by xlmkit.tasks.benchmarks. Sets that publish train and dev only are tested on dev: --test-split dev;
+sets without training data train on the training language's dev file: --train-split dev (XNLI).
+
+    xlmkit evaluate --model RUN --task classification --data ../shared/data/classification/sib-200 \
+        --train-lang en --test-split dev --out eval/sib
+
+Which examples train and which test:
+- The training language has a train file: train on it; dev = its dev file, else a deterministic
+  --dev-fraction of the training examples (for early stopping and the best checkpoint). Every language
+  is tested on its test file (its dev file with --test-split dev), or on its unsplit file(s).
+- The training language has only test / unsplit data (UD PUD: one 1000-sentence test file per
+  language): its sentence ids (CoNLL-U sent_id, JSONL "id", else the index) are split deterministically
+  (seeded permutation): 1 - --train-fraction of them are held out for testing, the rest is train and
+  dev (--dev-fraction of it). Every language is tested on the SAME held-out ids, so the test sets are
+  translations of each other (PUD is parallel) and the languages are compared on the same content,
+  never on a sentence whose translation was trained on. --test-all tests the other languages on all
+  their sentences instead (more data, but its translations of the training sentences were seen).
+- A fine-tuned model directory (`xlmkit finetune` output) is only tested: no training, every language
+  on its test / unsplit data.
+
+Labels: the label list is that of the training language's whole data (before any split). A test label
+that was not seen in training is an error naming file, line and label (--unknown-labels ignore leaves
+those examples / words out of the scores and counts them). Training labels that a test language lacks
+are fine and reported as a note; macro averages run over the labels in that language's gold data or
+predictions (scikit-learn's convention), so an absent class counts only if it is predicted.
+
+Reported per language: accuracy, macro precision, macro recall, macro F1 (per-class with --per-class);
+token tasks: token accuracy, macro P/R/F1 over tags, span F1 when the tags are BIO / IOB2; and the
+majority-class baseline: always predicting the most frequent TRAINING label (a test-set majority would
+use the test labels). "avg" is the unweighted mean over the zero-shot languages (all but the training
+language, whose in-language score is shown for reference). Written to OUT/results.json and
+OUT/results.md; the fine-tuned model is kept in OUT/model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from xlmkit.core.errors import DataError, XlmkitError
+from xlmkit.core.langs import canonical_lang
+from xlmkit.tasks.io import (
+    TASKS,
+    Example,
+    check_labels,
+    group_by_lang,
+    label_counts,
+    label_list,
+    list_task_files,
+    read_task_file,
+    select_uids,
+    split_from_filename,
+    split_uids,
+    unknown_labels,
+)
+
+UNSPLIT = "unsplit"
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: splits per language
+
+
+def read_split_data(spec, task: str) -> dict[str, dict[str, list[Example]]]:
+    """{split: {lang: examples}} with split in train / dev / test / unsplit. A directory of language
+    folders (SIB-200, UMSAB sentiment: xlmkit.tasks.benchmarks) is read as its layout says."""
+    from xlmkit.tasks.benchmarks import is_language_folders, read_language_folders
+
+    if isinstance(spec, (str, Path)) and is_language_folders(spec):
+        return read_language_folders(spec, task)
+    out: dict[str, dict[str, list[Example]]] = {}
+    for f in list_task_files(spec):
+        split = split_from_filename(f) or UNSPLIT
+        for lang, exs in group_by_lang(read_task_file(f, task)).items():
+            out.setdefault(split, {}).setdefault(lang, []).extend(exs)
+    return out
+
+
+def _test_pool(data: dict[str, dict[str, list[Example]]], lang: str, split: str = "test") -> list[Example]:
+    return data.get(split, {}).get(lang) or data.get(UNSPLIT, {}).get(lang) or []
+
+
+def zero_shot_splits(data: dict[str, dict[str, list[Example]]], train_lang: str, train_fraction: float,
+                     dev_fraction: float, seed: int, test_all: bool = False,
+                     langs: Sequence[str] | None = None, test_split: str = "test",
+                     train_split: str = "train") -> dict[str, Any]:
+    """{'train', 'dev', 'test': {lang: examples}, 'labels', 'protocol'} (see the module doc)."""
+    all_langs = sorted({lang for split in data.values() for lang in split})
+    if train_lang not in all_langs:
+        raise DataError(f"no data for the training language {train_lang!r}; languages in the data: "
+                        f"{', '.join(all_langs) or 'none'}")
+    test_langs = [lang for lang in all_langs if langs is None or lang in langs or lang == train_lang]
+    if langs is not None:
+        missing = sorted(set(langs) - set(all_langs))
+        if missing:
+            raise DataError(f"no data for language(s) {', '.join(missing)}; have {', '.join(all_langs)}")
+    if not 0.0 < train_fraction < 1.0:
+        raise DataError(f"--train-fraction must be in (0, 1), got {train_fraction}")
+    if not 0.0 <= dev_fraction < 1.0:
+        raise DataError(f"--dev-fraction must be in [0, 1), got {dev_fraction}")
+
+    test: dict[str, list[Example]] = {}
+    if data.get(train_split, {}).get(train_lang):
+        train = data[train_split][train_lang]
+        labels = label_list(train)
+        dev = data.get("dev", {}).get(train_lang) if train_split != "dev" else None
+        if dev is None and dev_fraction > 0:
+            train_ids, dev_ids = split_uids([ex.uid for ex in train], (1 - dev_fraction, dev_fraction), seed)
+            train, dev = select_uids(train, train_ids), select_uids(train, dev_ids)
+        for lang in test_langs:
+            pool = _test_pool(data, lang, test_split)
+            if not pool and train_split == "dev" and lang != train_lang:
+                pool = data.get("dev", {}).get(lang) or []  # XNLI-style sets: a language with dev only
+            if pool:
+                test[lang] = pool
+        protocol = (f"{train_split} file of the training language; every language tested on its {test_split}"
+                    + (" (else dev)" if train_split == "dev" else "") + " / unsplit file")
+    else:
+        pool = _test_pool(data, train_lang)
+        labels = label_list(pool)
+        uids = [ex.uid for ex in pool]
+        if len(set(uids)) != len(uids):
+            raise DataError(f"{pool[0].source.rsplit(':', 1)[0]}: sentence ids are not unique; cannot split by id")
+        f_dev = train_fraction * dev_fraction
+        train_ids, dev_ids, test_ids = split_uids(uids, (train_fraction - f_dev, f_dev, 1 - train_fraction), seed)
+        train, dev = select_uids(pool, train_ids), (select_uids(pool, dev_ids) if dev_ids else None)
+        for lang in test_langs:
+            lang_pool = _test_pool(data, lang)
+            if not lang_pool:
+                continue
+            if test_all and lang != train_lang:
+                test[lang] = lang_pool
+                continue
+            held = select_uids(lang_pool, test_ids)
+            if not held:
+                raise DataError(f"{lang_pool[0].source.rsplit(':', 1)[0]}: none of its {len(lang_pool)} examples has "
+                                f"a held-out id of the training language; the data is not parallel (use --test-all)")
+            test[lang] = held
+        protocol = (f"one unsplit set per language; ids split {train_fraction:.2f} train (of which "
+                    f"{dev_fraction:.2f} dev) / {1 - train_fraction:.2f} held out, seed {seed}; "
+                    + ("other languages tested on all their examples" if test_all
+                       else "every language tested on the same held-out ids (parallel test sets)"))
+    if not train:
+        raise DataError(f"the training split of {train_lang!r} is empty")
+    if dev is not None and not dev:
+        dev = None
+    for lang, exs in test.items():
+        if not exs:
+            raise DataError(f"the test split of {lang!r} is empty")
+    return {"train": train, "dev": dev, "test": test, "labels": labels, "protocol": protocol}
+
+
+# ----------------------------------------------------------------------------------------------
+# Tables
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def _columns(task: str, spans: bool) -> list[tuple[str, str]]:
+    """(header, key) of the table's columns; keys index a language's result row."""
+    if task == "token":
+        cols = [("sents", "n_sequences"), ("tokens", "n_tokens"), ("token acc", "token_accuracy"),
+                ("macro-P", "macro_precision"), ("macro-R", "macro_recall"), ("macro-F1", "macro_f1")]
+        if spans:
+            cols.append(("span F1", "span_f1"))
+        return cols + [("majority acc", "majority_accuracy"), ("majority macro-F1", "majority_macro_f1")]
+    return [("n", "n"), ("accuracy", "accuracy"), ("macro-P", "macro_precision"), ("macro-R", "macro_recall"),
+            ("macro-F1", "macro_f1"), ("majority acc", "majority_accuracy"),
+            ("majority macro-F1", "majority_macro_f1")]
+
+
+_COUNT_KEYS = ("n", "n_sequences", "n_tokens")
+
+
+def markdown_table(rows: dict[str, dict], columns: list[tuple[str, str]], average: dict | None = None,
+                   train_lang: str | None = None) -> str:
+    """Rows of numbers as a Markdown table (percentages with one decimal; counts as integers)."""
+    header = "| lang | " + " | ".join(h for h, _ in columns) + " |"
+    lines = [header, "|" + "---|" * (len(columns) + 1)]
+
+    def cell(row: dict, key: str) -> str:
+        v = row.get(key)
+        if v is None:
+            return "-"
+        return str(int(v)) if key in _COUNT_KEYS else _pct(v)
+
+    for lang, row in rows.items():
+        name = f"{lang} (train)" if lang == train_lang else lang
+        lines.append(f"| {name} | " + " | ".join(cell(row, k) for _, k in columns) + " |")
+    if average:
+        lines.append("| **avg** | " + " | ".join(cell(average, k) if k not in _COUNT_KEYS else "" for _, k in columns)
+                     + " |")
+    return "\n".join(lines)
+
+
+def per_class_table(per_class: dict[str, dict]) -> str:
+    lines = ["| label | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+    for lab, s in per_class.items():
+        lines.append(f"| {lab} | {_pct(s['precision'])} | {_pct(s['recall'])} | {_pct(s['f1'])} | {s['support']} |")
+    return "\n".join(lines)
+
+
+def average_rows(rows: dict[str, dict], langs: Sequence[str]) -> dict[str, float]:
+    """Unweighted mean of every numeric, non-count key over `langs`."""
+    if not langs:
+        return {}
+    keys = [k for k, v in rows[langs[0]].items() if isinstance(v, float)]
+    return {k: sum(rows[lang][k] for lang in langs) / len(langs) for k in keys if all(k in rows[lang] for lang in langs)}
+
+
+def write_results(out: Path, results: dict, markdown: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out / "results.md").write_text(markdown + "\n", encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------------------------
+# Scoring one language
+
+
+def evaluate_language(ft_model, encoder, examples: list[Example], labels: Sequence[str], majority: str,
+                      ft, device, per_class: bool, unknown: str) -> dict[str, Any]:
+    """Scores of the model and of the majority baseline on one language's examples."""
+    from xlmkit.tasks import scores as M
+    from xlmkit.tasks.finetune import predict, score
+
+    notes = []
+    langs = sorted({ex.lang for ex in examples})
+    if encoder.spec.use_langs and encoder.has_lang_emb:
+        fallback = [lang for lang in langs if lang not in encoder.lang2id]
+        if fallback and encoder.spec.unknown_lang_id is not None:
+            notes.append(f"no language embedding for {', '.join(fallback)}: given language id "
+                         f"{encoder.spec.unknown_lang_id} (--unknown-lang-id)")
+    bad = unknown_labels(examples, labels)
+    if bad:
+        if unknown == "error":
+            check_labels(examples, labels, "the training labels")
+        notes.append(f"{len(bad)} {'words' if encoder.spec.task == 'token' else 'examples'} with labels unseen in "
+                     f"training left out of the scores (first: {bad[0][0]} {bad[0][1]!r})")
+        if encoder.spec.task != "token":
+            examples = [ex for ex in examples if ex.label in set(labels)]
+            if not examples:
+                raise DataError("no test example left after leaving out unknown labels")
+    data, stats = encoder.encode(examples, allow_unknown=unknown == "ignore")
+    preds = predict(ft_model, data, encoder.pad_id, max(ft.batch_size, 64), device, ft.precision)
+    row = score(examples, preds, labels, per_class=per_class)
+    # majority baseline: the most frequent training label everywhere
+    if encoder.spec.task == "token":
+        known = set(labels)
+        gold = [[g for g in ex.label if g in known] for ex in examples]
+        base = M.token_scores(gold, [[majority] * len(g) for g in gold], spans=False)
+        row["majority_accuracy"] = base["token_accuracy"]
+    else:
+        gold = [ex.label for ex in examples]
+        base = M.classification_scores(gold, [majority] * len(gold))
+        row["majority_accuracy"] = base["accuracy"]
+    row["majority_macro_f1"] = base["macro_f1"]
+    row["truncated"] = stats.truncated
+    missing = sorted(set(labels) - set(label_counts(examples)))
+    if missing:
+        notes.append(f"training labels absent from this language: {', '.join(missing)}")
+    if notes:
+        row["notes"] = notes
+    return row
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from xlmkit.tasks.finetune import add_model_and_config_arguments
+
+    add_model_and_config_arguments(parser)
+    parser.add_argument("--task", default=None, choices=TASKS, help="task (default: finetune.task)")
+    parser.add_argument("--data", required=True, help="data directory or comma-separated files")
+    parser.add_argument("--train-lang", default=None, help="language to fine-tune on (default: finetune.train_lang, en)")
+    parser.add_argument("--langs", default=None, help="test only these languages (comma-separated; default: all)")
+    parser.add_argument("--out", required=True, help="output directory (results.json, results.md, model/)")
+    parser.add_argument("--train-fraction", type=float, default=0.8,
+                        help="share of the training language's ids used for training when it has no train "
+                             "file (the rest is held out in every language; default 0.8)")
+    parser.add_argument("--dev-fraction", type=float, default=0.1,
+                        help="share of the training examples kept as dev when there is no dev file (default 0.1)")
+    parser.add_argument("--test-all", action="store_true",
+                        help="test the other languages on all their examples, not only the held-out ids")
+    parser.add_argument("--train-split", default="train", choices=("train", "dev"),
+                        help="the training language's split to fine-tune on (default train; dev for sets without "
+                             "training data, as XNLI's en.dev: then other languages without a test file are "
+                             "tested on their dev file)")
+    parser.add_argument("--test-split", default="test", choices=("test", "dev"),
+                        help="the split every language is tested on when the training language has a train "
+                             "file (default test; dev for sets that publish train and dev only, as SIB-200)")
+    parser.add_argument("--per-class", action="store_true", help="also report per-class precision / recall / F1")
+    parser.add_argument("--unknown-labels", default="error", choices=("error", "ignore"),
+                        help="a test label unseen in training: error (default) or leave it out of the scores")
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of the train / dev / test id split")
+
+
+def run(args: argparse.Namespace) -> int:
+    from xlmkit.tasks.finetune import finetune, is_finetuned_dir, load_finetuned, load_pretrained
+    from xlmkit.core.runtime import choose_precision, pick_device
+
+    t0 = time.time()
+    out = Path(args.out)
+    langs = [canonical_lang(x) for x in args.langs.split(",") if x.strip()] if args.langs else None
+    if is_finetuned_dir(args.model):
+        ftm = load_finetuned(args.model, which=args.which)
+        ft = ftm.config.finetune
+        if args.task is not None and args.task != ftm.spec.task:
+            raise XlmkitError(f"{args.model} was fine-tuned for {ftm.spec.task}, not {args.task}")
+        from xlmkit.tasks.finetune import TaskEncoder
+
+        data = read_split_data(args.data, ftm.spec.task)
+        all_langs = sorted({lang for split in data.values() for lang in split})
+        test = {lang: _test_pool(data, lang, args.test_split) for lang in all_langs if langs is None or lang in langs}
+        test = {k: v for k, v in test.items() if v}
+        import dataclasses
+
+        from xlmkit.tasks.finetune import resolve_unknown_lang_id
+
+        spec = ftm.spec
+        if args.unknown_lang_id is not None:
+            spec = dataclasses.replace(spec, unknown_lang_id=resolve_unknown_lang_id(
+                args.unknown_lang_id, ftm.vocab, ftm.model.encoder))
+        model, encoder, labels = ftm.model, TaskEncoder(ftm.tokenizer, ftm.vocab, spec, ftm.model.encoder), list(spec.labels)
+        device = pick_device(ft.device)
+        # the precision of this machine, not of the one it was fine-tuned on
+        ft = dataclasses.replace(ft, precision=choose_precision("auto", device)[0])
+        model.to(device)
+        train_lang, majority, protocol, ft_info = None, None, "fine-tuned model, tested on test / unsplit files", {}
+    else:
+        if args.task is not None:
+            args.overrides = [*args.overrides, f"finetune.task={args.task}"]
+        loaded, ft = load_pretrained(args)
+        train_lang = canonical_lang(args.train_lang or ft.train_lang)
+        data = read_split_data(args.data, ft.task)
+        splits = zero_shot_splits(data, train_lang, args.train_fraction, args.dev_fraction, args.split_seed,
+                                  args.test_all, langs, args.test_split, args.train_split)
+        labels, test, protocol = splits["labels"], splits["test"], splits["protocol"]
+        print(f"[evaluate] {protocol}")
+        print(f"[evaluate] train {train_lang}: {len(splits['train'])} examples, dev: {len(splits['dev'] or [])}; "
+              f"test: " + ", ".join(f"{lang} {len(v)}" for lang, v in test.items()))
+        from xlmkit.tasks.finetune import resolve_unknown_lang_id
+
+        unknown = resolve_unknown_lang_id(args.unknown_lang_id, loaded.vocab, loaded.model)
+        result = finetune(loaded, ft, splits["train"], splits["dev"], labels=labels, pooling=args.pooling,
+                          unknown_lang_id=unknown, out_dir=out / "model")
+        model, encoder, spec, ft = result.model, result.encoder, result.spec, result.config.finetune
+        device = next(model.parameters()).device
+        from xlmkit.tasks.scores import majority_label
+
+        flat = [lab for ex in splits["train"] for lab in (ex.label if isinstance(ex.label, list) else [ex.label])]
+        majority = majority_label(flat)
+        ft_info = {"best": result.best, "seconds": round(result.seconds, 1), "history": result.history,
+                   "train_examples": len(splits["train"]), "dev_examples": len(splits["dev"] or []),
+                   "train_truncated": result.train_stats.truncated,
+                   "train_dropped_labels": result.train_stats.dropped_labels}
+
+    if majority is None:
+        from xlmkit.tasks.scores import majority_label
+
+        majority = majority_label(labels)  # no training data at hand: a placeholder baseline
+    rows: dict[str, dict] = {}
+    t_test = time.time()
+    for lang, exs in sorted(test.items(), key=lambda kv: (kv[0] != train_lang, kv[0])):
+        rows[lang] = evaluate_language(model, encoder, exs, labels, majority, ft, device, args.per_class,
+                                       args.unknown_labels)
+    zero_shot = [lang for lang in rows if lang != train_lang]
+    avg = average_rows(rows, zero_shot)
+    spans = any("span_f1" in r for r in rows.values())
+    columns = _columns(spec.task, spans)
+    table = markdown_table(rows, columns, avg, train_lang)
+
+    title = (f"# Zero-shot {spec.task} transfer from {train_lang}" if train_lang else f"# {spec.task} evaluation")
+    md = [title, "", f"- model: `{args.model}`", f"- data: `{args.data}`", f"- protocol: {protocol}",
+          f"- labels ({len(labels)}): {', '.join(labels)}", f"- majority baseline: always `{majority}`",
+          "- numbers are percentages; avg = mean over the zero-shot languages (train language excluded)", "",
+          table]
+    notes = []
+    for lang, row in rows.items():
+        notes += [f"- note ({lang}): {note}" for note in row.get("notes", [])]
+        if row.get("truncated"):
+            notes.append(f"- note ({lang}): {row['truncated']} examples truncated to {spec.max_len} ids"
+                         + (f", {row.get('dropped_words', 0)} words beyond the cut not scored"
+                            if spec.task == "token" else ""))
+    if notes:
+        md += [""] + notes
+    if args.per_class:
+        for lang, row in rows.items():
+            md += ["", f"## {lang}: per class", "", per_class_table(row["per_class"])]
+    markdown = "\n".join(md)
+    results = {"task": spec.task, "model": str(args.model), "data": str(args.data), "train_lang": train_lang,
+               "protocol": protocol, "labels": labels, "majority_label": majority, "pooling": spec.pooling,
+               "max_len": spec.max_len, "languages": rows, "average_zero_shot": avg, "finetune": ft_info,
+               "seconds": {"total": round(time.time() - t0, 1), "test": round(time.time() - t_test, 1)}}
+    write_results(out, results, markdown)
+    print(table)
+    print(f"[evaluate] results in {out / 'results.md'} and {out / 'results.json'} ({time.time() - t0:.0f}s)")
+    return 0

@@ -1,0 +1,765 @@
+"""`xlmkit finetune`: train a task head (and the encoder) from a pretrained xlmkit checkpoint.
+
+    xlmkit finetune --model RUN_DIR --train en.jsonl --dev en.dev.jsonl --task classification --out FT_DIR
+
+Tasks: `classification` (one text -> one label), `pair` (two texts -> one label, XNLI / PAWS-X style),
+`token` (one label per word: POS, NER). Data formats: see xlmkit.tasks.io.
+
+Input layout. The layout the encoder saw in pretraining (xlmkit.train.objectives), from vocab.json:
+- XLM models (the default, vocab "sentence_wrap" absent or "xlm"): a text is `</s> a </s>`; a pair is
+  the TLM layout `</s> a </s> </s> b </s>`, positions restarting at 0 for b, every token carrying the
+  language id of its side (Lample & Conneau 2019, figure 1).
+- XLM-R style imports ("sentence_wrap": "roberta"): `<s> a </s>` and `<s> a </s> </s> b </s>`.
+Language ids come from each example's `lang` through vocab.json's lang2id; a language the model has
+no embedding for is an error, unless the model has no language embeddings at all (then none is given).
+
+Pooling (classification and pair): `mean` (default) averages the last hidden states of the real tokens
+(separators included); `first` takes the first token's state, as XLM's XNLI head does. Mean pooling is
+the default because briefly pretrained models never train their first token to summarise the input
+(no next-sentence objective), and it transfers better zero-shot in our runs; `--pooling first` gives
+the XLM behaviour. Token task: the head reads every position; a word's label sits on its first
+subword, the other pieces and the separators get -100 (ignored by the loss, never scored). A first
+piece that is only the word-boundary marker "▁" (SentencePiece splits it off before punctuation and
+before characters of scripts the vocabulary hardly knows) carries no content: the label then sits on
+the word's next piece. Otherwise every Cyrillic or Chinese word of a Latin-trained vocabulary would be
+read from a bare "▁", which in English training data precedes only punctuation.
+
+Truncation: sequences are cut to min(finetune.max_len, model.max_positions) ids, separators included
+(pairs: the longer side loses its end first). Truncated examples are counted and reported; in the token
+task the words whose first piece falls beyond the cut lose their labels: they are counted, not
+trained on and not scored.
+
+Optimisation: AdamW, encoder at finetune.lr, head at finetune.head_lr, linear warmup over
+finetune.warmup_ratio of the steps then linear decay to 0; no weight decay on biases and LayerNorms.
+finetune.freeze_layers=k freezes the embeddings and the first k Transformer layers. After every epoch
+the dev set (if any) is scored (accuracy; token task: token accuracy, span F1 for BIO tags); the best
+weights are kept and training stops after finetune.patience epochs without improvement (0 = never).
+
+Output directory (the layout of a pretraining run, so `checkpoint.load_model(FT_DIR)` loads the
+fine-tuned encoder):
+
+    FT_DIR/config.json, vocab.json, tokenizer.json   as a pretraining run
+    FT_DIR/task.json          task, labels (index order of the head), pooling, use_langs, max_len, base model
+    FT_DIR/metrics.jsonl      {"epoch", "step", "split": "train"|"dev", ...} per epoch
+    FT_DIR/checkpoints/best/  model.safetensors (encoder) + head.safetensors + state.json
+    FT_DIR/checkpoints/step_N/  the same for the final weights
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from xlmkit.core.config import Config, ConfigError, FinetuneConfig, config_from_dict, config_to_dict, load_config, parse_overrides
+from xlmkit.core.integrity import open_tokenizer
+from xlmkit.core.errors import DataError, XlmkitError
+from xlmkit.core.langs import canonical_lang
+from xlmkit.tasks.retrieval import sentence_format
+from xlmkit.tasks.io import TASKS, Example, check_labels, group_by_lang, label_list, read_task_files
+
+IGNORE = -100
+TASK_FILE = "task.json"
+HEAD_FILE = "head.safetensors"
+POOLINGS = ("mean", "first")
+
+
+# ----------------------------------------------------------------------------------------------
+# What the fine-tuned model is
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Everything besides weights that a fine-tuned model needs to be used again (FT_DIR/task.json)."""
+
+    task: str  # "classification" | "pair" | "token"
+    labels: tuple[str, ...]  # head output i = labels[i]
+    pooling: str = "mean"  # "mean" | "first" (classification, pair)
+    use_langs: bool = True  # False: no language embedding is given (langid)
+    max_len: int = 128  # ids per sequence, separators included
+    base_model: str = ""
+    unknown_lang_id: int | None = None  # language-embedding id for languages the model lacks (None: error)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self) | {"labels": list(self.labels)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> TaskSpec:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k in fields}
+        return cls(**(d | {"labels": tuple(d["labels"])}))
+
+
+# ----------------------------------------------------------------------------------------------
+# Text -> ids
+
+
+@dataclass
+class Encoded:
+    """One example as model input. ids, langs, positions (L,) int64; target: class index (classification,
+    pair) or (L,) int64 with IGNORE off the labelled first pieces (token)."""
+
+    ids: np.ndarray
+    langs: np.ndarray | None
+    positions: np.ndarray
+    target: int | np.ndarray
+    word_positions: np.ndarray | None = None  # token task: position of each kept word's first piece
+    truncated: bool = False
+    dropped_words: int = 0  # token task: words cut off by truncation
+
+
+@dataclass
+class EncodeStats:
+    examples: int = 0
+    truncated: int = 0
+    dropped_labels: int = 0  # token task
+
+    def describe(self, what: str) -> str:
+        s = f"{what}: {self.examples} examples, {self.truncated} truncated"
+        if self.dropped_labels:
+            s += f" ({self.dropped_labels} word labels beyond the cut dropped)"
+        return s
+
+
+class TaskEncoder:
+    """Examples -> `Encoded` for one model (its tokenizer, specials, lang2id, max positions)."""
+
+    def __init__(self, tokenizer, vocab: dict, spec: TaskSpec, model: nn.Module):
+        self.tokenizer = tokenizer
+        self.spec = spec
+        specials = vocab.get("specials") or {}
+        self.unk_id = int(specials.get("unk", 3))
+        self.max_len = min(spec.max_len, int(model.cfg.max_positions))
+        # the sentence framing the encoder saw in pretraining, as embed / retrieve frame sentences
+        self.wrap = str(vocab.get("sentence_wrap", "xlm"))
+        fmt = sentence_format(vocab, tokenizer, self.max_len, wrap=self.wrap)
+        self.first_id, self.eos_id, self.pad_id = fmt.first_id, fmt.last_id, fmt.pad_id
+        # pieces that are only the word-boundary marker (SentencePiece's "▁"): a word that starts with a
+        # character the vocabulary cannot join to "▁" (punctuation, rare scripts) begins with one
+        self.bare_ids = {i for tok, i in tokenizer.get_vocab().items() if tok and not tok.strip("▁ ")}
+        self.lang2id = {canonical_lang(k): int(v) for k, v in (vocab.get("lang2id") or {}).items()}
+        self.has_lang_emb = getattr(model, "lang_embeddings", None) is not None
+        self.label_index = {lab: i for i, lab in enumerate(spec.labels)}
+
+    def lang_id(self, lang: str, where: str) -> int | None:
+        if not self.spec.use_langs or not self.has_lang_emb:
+            return None
+        lid = self.lang2id.get(canonical_lang(lang))
+        if lid is None:
+            if self.spec.unknown_lang_id is not None:
+                return self.spec.unknown_lang_id
+            raise DataError(f"{where}: language {lang!r} has no language embedding in this model (it knows "
+                            f"{', '.join(sorted(self.lang2id)) or 'none'}); pass --unknown-lang-id LANG|ID to "
+                            f"give such languages another language's id")
+        return lid
+
+    def _target(self, ex: Example) -> int:
+        return self.label_index[ex.label]
+
+    def _langs(self, lid: int | None, n: int) -> np.ndarray | None:
+        return None if lid is None else np.full(n, lid, dtype=np.int64)
+
+    def encode(self, examples: Sequence[Example], allow_unknown: bool = False) -> tuple[list[Encoded], EncodeStats]:
+        """Examples -> model inputs. A label not in spec.labels is an error naming file, line and label;
+        with allow_unknown (token task) such tokens get target IGNORE instead."""
+        if not allow_unknown or self.spec.task != "token":
+            check_labels(examples, self.spec.labels, "the training labels")
+        task = self.spec.task
+        stats = EncodeStats(examples=len(examples))
+        out: list[Encoded] = []
+        if task == "classification":
+            encs = self.tokenizer.encode_batch([ex.text for ex in examples], add_special_tokens=False)
+            keep = self.max_len - 2
+            for ex, enc in zip(examples, encs):
+                body = enc.ids[:keep]
+                ids = np.array([self.first_id, *body, self.eos_id], dtype=np.int64)
+                cut = len(enc.ids) > keep
+                stats.truncated += cut
+                out.append(Encoded(ids, self._langs(self.lang_id(ex.lang, ex.where()), len(ids)),
+                                   np.arange(len(ids), dtype=np.int64), self._target(ex), truncated=cut))
+        elif task == "pair":
+            from xlmkit.train.objectives import tlm_truncate
+
+            enc_a = self.tokenizer.encode_batch([ex.text for ex in examples], add_special_tokens=False)
+            enc_b = self.tokenizer.encode_batch([ex.text_b for ex in examples], add_special_tokens=False)
+            for ex, ea, eb in zip(examples, enc_a, enc_b):
+                n1, n2 = tlm_truncate(len(ea.ids), len(eb.ids), self.max_len - 4)
+                cut = (n1, n2) != (len(ea.ids), len(eb.ids))
+                stats.truncated += cut
+                a = [self.first_id, *ea.ids[:n1], self.eos_id]
+                b = [self.eos_id, *eb.ids[:n2], self.eos_id]
+                ids = np.array(a + b, dtype=np.int64)
+                lid = self.lang_id(ex.lang, ex.where())
+                if self.wrap == "xlm":  # the TLM layout: positions restart for the second sentence
+                    positions = np.concatenate([np.arange(len(a)), np.arange(len(b))]).astype(np.int64)
+                else:
+                    positions = np.arange(len(ids), dtype=np.int64)
+                out.append(Encoded(ids, self._langs(lid, len(ids)), positions, self._target(ex), truncated=cut))
+        elif task == "token":
+            encs = self.tokenizer.encode_batch([ex.tokens for ex in examples], is_pretokenized=True,
+                                               add_special_tokens=False)
+            keep = self.max_len - 2
+            for ex, enc in zip(examples, encs):
+                pieces: list[list[int]] = [[] for _ in ex.tokens]
+                for tid, w in zip(enc.ids, enc.word_ids):
+                    if w is not None:
+                        pieces[w].append(tid)
+                body: list[int] = []
+                targets: list[int] = []
+                word_pos: list[int] = []
+                dropped = 0
+                for w, p in enumerate(pieces):
+                    if not p:
+                        p = [self.unk_id]  # a word the normaliser erased still gets a position
+                    if len(body) >= keep:
+                        dropped += 1
+                        continue
+                    p = p[: keep - len(body)]
+                    j = next((k for k, tid in enumerate(p) if tid not in self.bare_ids), 0)
+                    word_pos.append(1 + len(body) + j)
+                    targets.extend([IGNORE] * j + [self.label_index.get(ex.label[w], IGNORE)]
+                                   + [IGNORE] * (len(p) - j - 1))
+                    body.extend(p)
+                cut = len(body) < sum(max(1, len(p)) for p in pieces)
+                stats.truncated += cut
+                stats.dropped_labels += dropped
+                ids = np.array([self.first_id, *body, self.eos_id], dtype=np.int64)
+                target = np.array([IGNORE, *targets, IGNORE], dtype=np.int64)
+                out.append(Encoded(ids, self._langs(self.lang_id(ex.lang, ex.where()), len(ids)),
+                                   np.arange(len(ids), dtype=np.int64), target, np.array(word_pos, dtype=np.int64),
+                                   truncated=cut, dropped_words=dropped))
+        else:
+            raise ConfigError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+        return out, stats
+
+
+def training_batches(lengths: Sequence[int], batch_size: int, rng: np.random.Generator,
+                     group_by_length: bool = True, pool: int = 50) -> list[np.ndarray]:
+    """One epoch's batches of example indices. Grouped by length (the HF Trainer's group_by_length,
+    fairseq's length-ordered batches): the shuffled examples are cut into pools of `pool` batches,
+    each pool is sorted by length and cut into batches, and the batches are shuffled, so a batch
+    pads to about its own sentences' length; on real sentences of mixed length that halves the padded
+    tokens. Without grouping: consecutive slices of one permutation."""
+    order = rng.permutation(len(lengths))
+    if not group_by_length:
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    lengths = np.asarray(lengths)
+    batches = []
+    span = batch_size * pool
+    for start in range(0, len(order), span):
+        chunk = order[start:start + span]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def collate(items: Sequence[Encoded], pad_id: int) -> dict[str, Tensor]:
+    """Pad to the longest item: input_ids, langs (or None), positions, attention_mask (B, T); target
+    (B,) or (B, T)."""
+    T = max(len(it.ids) for it in items)
+    B = len(items)
+    ids = np.full((B, T), pad_id, dtype=np.int64)
+    positions = np.zeros((B, T), dtype=np.int64)
+    mask = np.zeros((B, T), dtype=bool)
+    has_langs = items[0].langs is not None
+    langs = np.zeros((B, T), dtype=np.int64) if has_langs else None
+    token_task = isinstance(items[0].target, np.ndarray)
+    target = np.full((B, T), IGNORE, dtype=np.int64) if token_task else np.zeros(B, dtype=np.int64)
+    for i, it in enumerate(items):
+        n = len(it.ids)
+        ids[i, :n] = it.ids
+        positions[i, :n] = it.positions
+        mask[i, :n] = True
+        if has_langs:
+            langs[i, :n] = it.langs
+            langs[i, n:] = it.langs[0]
+        if token_task:
+            target[i, :n] = it.target
+        else:
+            target[i] = it.target
+    return {"input_ids": torch.from_numpy(ids), "langs": None if langs is None else torch.from_numpy(langs),
+            "positions": torch.from_numpy(positions), "attention_mask": torch.from_numpy(mask),
+            "target": torch.from_numpy(target)}
+
+
+# ----------------------------------------------------------------------------------------------
+# The model: pretrained encoder + task head
+
+
+class TaskModel(nn.Module):
+    """encoder (XLMModel) -> dropout -> linear head. Classification / pair: pooled (B, K) logits;
+    token: (B, T, K) logits."""
+
+    def __init__(self, encoder: nn.Module, n_labels: int, task: str, pooling: str = "mean", dropout: float = 0.1):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        self.encoder = encoder
+        self.task = task
+        self.pooling = pooling
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(encoder.cfg.dim, n_labels)
+        nn.init.normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, input_ids: Tensor, langs: Tensor | None, positions: Tensor, attention_mask: Tensor) -> Tensor:
+        h = self.encoder(input_ids, langs=langs, positions=positions, attention_mask=attention_mask)  # (B, T, D)
+        if self.task == "token":
+            return self.head(self.dropout(h))  # (B, T, K)
+        if self.pooling == "first":
+            pooled = h[:, 0]  # (B, D)
+        else:
+            m = attention_mask[:, :, None].to(h.dtype)  # (B, T, 1)
+            pooled = (h * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, D)
+        return self.head(self.dropout(pooled))  # (B, K)
+
+
+def freeze_layers(encoder: nn.Module, k: int) -> None:
+    """Freeze the embeddings and the first k Transformer layers (k = 0: nothing)."""
+    n = len(encoder.layers)
+    if k > n:
+        raise ConfigError(f"finetune.freeze_layers={k} but the model has only {n} layers")
+    if k == 0:
+        return
+    for name in ("token_embeddings", "position_embeddings", "lang_embeddings", "layer_norm_emb"):
+        module = getattr(encoder, name, None)
+        if module is not None:
+            module.requires_grad_(False)
+    for layer in encoder.layers[:k]:
+        layer.requires_grad_(False)
+
+
+def build_optimizer(model: TaskModel, ft: FinetuneConfig, device: torch.device) -> torch.optim.AdamW:
+    """Two learning rates (encoder: finetune.lr, head: finetune.head_lr); no decay on biases / norms.
+    The (tied) MLM output layer is not used and not trained."""
+    groups: dict[tuple[str, bool], list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad or name.startswith("encoder.mlm_head."):
+            continue
+        part = "head" if name.startswith("head.") else "encoder"
+        decay = p.ndim >= 2 and "norm" not in name and "embeddings" not in name
+        groups.setdefault((part, decay), []).append(p)
+    param_groups = [
+        {"params": ps, "lr": ft.head_lr if part == "head" else ft.lr, "weight_decay": ft.weight_decay if decay else 0.0}
+        for (part, decay), ps in sorted(groups.items())
+    ]
+    from xlmkit.core.runtime import fused_optimizer_kwargs
+
+    return torch.optim.AdamW(param_groups, betas=(0.9, 0.999), eps=1e-8, **fused_optimizer_kwargs(device))
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warmup over `warmup` steps, then linear decay to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+# ----------------------------------------------------------------------------------------------
+# Prediction and scoring
+
+
+@torch.no_grad()
+def predict(model: TaskModel, data: Sequence[Encoded], pad_id: int, batch_size: int, device: torch.device,
+            precision: str = "auto") -> list:
+    """Predicted label indices: one int per example, or (token task) one array per example holding a
+    prediction for each kept word. Batches are formed by length, results returned in input order."""
+    from xlmkit.core.runtime import autocast
+
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(data)), key=lambda i: len(data[i].ids))
+    out: list = [None] * len(data)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = collate([data[i] for i in idx], pad_id)
+        inputs = {k: (v.to(device) if v is not None else None) for k, v in batch.items() if k != "target"}
+        with autocast(device, precision):
+            logits = model(**inputs)
+        pred = logits.float().argmax(-1).cpu().numpy()
+        for row, i in enumerate(idx):
+            if model.task == "token":
+                out[i] = pred[row, data[i].word_positions]
+            else:
+                out[i] = int(pred[row])
+    model.train(was_training)
+    return out
+
+
+def score(examples: Sequence[Example], preds: Sequence, labels: Sequence[str], per_class: bool = False) -> dict[str, Any]:
+    """Metrics of predictions against the examples' gold labels (token task: words dropped by truncation
+    are left out and counted in `dropped_words`)."""
+    from xlmkit.tasks import scores as M
+
+    labels = list(labels)
+    if examples and isinstance(examples[0].label, list):
+        known = set(labels)
+        gold_seqs, pred_seqs, dropped, unknown = [], [], 0, 0
+        for ex, p in zip(examples, preds):
+            kept = len(p)
+            pairs = [(g, labels[j]) for g, j in zip(ex.label[:kept], p)]
+            unknown += sum(g not in known for g, _ in pairs)
+            gold_seqs.append([g for g, _ in pairs if g in known])
+            pred_seqs.append([q for g, q in pairs if g in known])
+            dropped += len(ex.label) - kept
+        out = M.token_scores(gold_seqs, pred_seqs, per_class=per_class,
+                             spans=M.is_bio_tagset(labels))
+        out["dropped_words"] = dropped
+        if unknown:
+            out["unknown_label_words"] = unknown
+        return out
+    gold = [ex.label for ex in examples]
+    pred = [labels[j] for j in preds]
+    return M.classification_scores(gold, pred, per_class=per_class)
+
+
+def dev_metric(scores: dict[str, Any]) -> tuple[str, float]:
+    """The number early stopping and best-checkpoint selection look at."""
+    for key in ("span_f1", "token_accuracy", "accuracy"):
+        if key in scores:
+            return key, float(scores[key])
+    raise KeyError("no dev metric")
+
+
+# ----------------------------------------------------------------------------------------------
+# Saving and loading fine-tuned models
+
+
+def save_finetuned(path: Path, model: TaskModel, cfg: Config, vocab: dict, spec: TaskSpec, step: int,
+                   metrics: dict | None = None) -> Path:
+    """A checkpoint directory: encoder weights under their pretraining names (model.safetensors, so
+    checkpoint.load_model reads it), the head (head.safetensors), state.json."""
+    from xlmkit.train import checkpoint as C
+
+    state = {"format": C.FORMAT, "version": C.FORMAT_VERSION, "step": int(step), "config": config_to_dict(cfg),
+             "vocab": vocab, "tokenizer": "../../tokenizer.json", "metrics": metrics or {}, "task": spec.to_json()}
+    encoder_weights = model.encoder.state_dict()
+    head_weights = {f"head.{k}": v for k, v in model.head.state_dict().items()}
+
+    def write_files(tmp: Path) -> None:
+        C.write_tensors(encoder_weights, tmp / C.MODEL_FILE)
+        C.write_tensors(head_weights, tmp / HEAD_FILE)
+        C.write_json(state, tmp / C.STATE_FILE)
+
+    return C.atomic_write_dir(path, write_files)
+
+
+@dataclass
+class LoadedTaskModel:
+    model: TaskModel
+    spec: TaskSpec
+    config: Config
+    vocab: dict
+    tokenizer: Any
+    path: Path
+
+
+def is_finetuned_dir(path: str | Path) -> bool:
+    return (Path(path) / TASK_FILE).is_file()
+
+
+def load_finetuned(path: str | Path, which: str = "best", device: str | torch.device = "cpu") -> LoadedTaskModel:
+    from safetensors.torch import load_file
+
+    from xlmkit.train.checkpoint import load_model
+
+    path = Path(path)
+    if not is_finetuned_dir(path):
+        raise XlmkitError(f"{path}: not a fine-tuned model directory (no {TASK_FILE})")
+    spec = TaskSpec.from_json(json.loads((path / TASK_FILE).read_text(encoding="utf-8")))
+    loaded = load_model(path, which=which, device="cpu")
+    head_file = loaded.path / HEAD_FILE
+    if not head_file.is_file():
+        raise XlmkitError(f"{loaded.path}: no {HEAD_FILE}")
+    model = TaskModel(loaded.model, len(spec.labels), spec.task, spec.pooling, loaded.config.finetune.dropout)
+    head = {k[len("head."):]: v for k, v in load_file(str(head_file)).items()}
+    model.head.load_state_dict(head)
+    model.to(device).eval()
+    return LoadedTaskModel(model, spec, loaded.config, loaded.vocab, open_tokenizer(loaded.tokenizer_path),
+                           loaded.path)
+
+
+# ----------------------------------------------------------------------------------------------
+# The training loop
+
+
+@dataclass
+class FinetuneResult:
+    model: TaskModel
+    encoder: TaskEncoder
+    spec: TaskSpec
+    config: Config
+    history: list[dict]
+    best: dict  # {"epoch", "step", metric: value} of the kept weights
+    train_stats: EncodeStats
+    dev_stats: EncodeStats | None
+    seconds: float
+
+
+def finetune(
+    loaded,  # checkpoint.LoadedModel of the pretrained encoder
+    ft: FinetuneConfig,
+    train_examples: Sequence[Example],
+    dev_examples: Sequence[Example] | None = None,
+    labels: Sequence[str] | None = None,
+    pooling: str = "mean",
+    use_langs: bool = True,
+    unknown_lang_id: int | None = None,
+    out_dir: str | Path | None = None,
+    log: Callable[[str], None] = print,
+) -> FinetuneResult:
+    """Fine-tune `loaded.model` with a new head on the examples; keep the best dev weights. Writes the
+    fine-tuned model directory when out_dir is given."""
+    from xlmkit.core.runtime import autocast, choose_precision, pick_device, seed_everything
+
+    t0 = time.time()
+    if (getattr(loaded, "compression", None) or {}).get("int8"):
+        raise XlmkitError(f"{loaded.path} is an int8-quantized run (xlmkit quantize): it cannot be fine-tuned; "
+                          "fine-tune the fp32 run, then quantize the result")
+    if not train_examples:
+        raise DataError("no training examples (empty training split)")
+    if dev_examples is not None and len(dev_examples) == 0:
+        raise DataError("the dev split is empty")
+    labels = tuple(labels if labels is not None else label_list(train_examples))
+    if len(labels) < 2:
+        raise DataError(f"the training data has a single label ({', '.join(labels)}); nothing to learn")
+    device = pick_device(ft.device)
+    precision, precision_note = choose_precision(ft.precision, device)
+    ft = dataclasses.replace(ft, precision=precision)  # resolved, saved with the model
+    seed_everything(ft.seed)
+    encoder_model = loaded.model
+    if ft.max_len > encoder_model.cfg.max_positions:
+        log(f"[finetune] note: finetune.max_len={ft.max_len} > model.max_positions="
+            f"{encoder_model.cfg.max_positions}; sequences are cut to {encoder_model.cfg.max_positions}")
+    spec = TaskSpec(task=ft.task, labels=labels, pooling=pooling, use_langs=use_langs,
+                    max_len=min(ft.max_len, encoder_model.cfg.max_positions), base_model=str(loaded.path),
+                    unknown_lang_id=unknown_lang_id)
+    tokenizer = open_tokenizer(loaded.tokenizer_path)
+    enc = TaskEncoder(tokenizer, loaded.vocab, spec, encoder_model)
+    train_data, train_stats = enc.encode(train_examples)
+    log(f"[finetune] {train_stats.describe('train')}")
+    dev_data, dev_stats = (None, None)
+    if dev_examples is not None:
+        dev_data, dev_stats = enc.encode(dev_examples)
+        log(f"[finetune] {dev_stats.describe('dev')}")
+
+    model = TaskModel(encoder_model, len(labels), ft.task, pooling, ft.dropout).to(device)
+    freeze_layers(model.encoder, ft.freeze_layers)
+    model.train()
+    optimizer = build_optimizer(model, ft, device)
+    steps_per_epoch = math.ceil(len(train_data) / ft.batch_size)
+    total = ft.max_steps if ft.max_steps > 0 else ft.epochs * steps_per_epoch
+    warmup = int(round(ft.warmup_ratio * total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup))
+    rng = np.random.default_rng(ft.seed)
+    cfg = dataclasses.replace(loaded.config, finetune=ft)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        _start_output_dir(out, cfg, loaded, spec)
+    log(f"[finetune] {precision_note}")
+    log(f"[finetune] task={ft.task} labels={len(labels)} train={len(train_data)} dev={len(dev_data or [])} "
+        f"steps={total} ({steps_per_epoch}/epoch) device={device} lr={ft.lr} head_lr={ft.head_lr} "
+        f"freeze_layers={ft.freeze_layers} pooling={pooling if ft.task != 'token' else '-'}")
+
+    history: list[dict] = []
+    best: dict = {}
+    best_state: dict[str, Tensor] | None = None
+    bad_epochs = 0
+    step = 0
+    epoch = 0
+    while step < total:
+        epoch += 1
+        losses = []
+        for idx in training_batches([len(x.ids) for x in train_data], ft.batch_size, rng, ft.group_by_length):
+            if step >= total:
+                break
+            batch = collate([train_data[i] for i in idx], enc.pad_id)
+            batch = {k: (v.to(device) if v is not None else None) for k, v in batch.items()}
+            target = batch.pop("target")
+            with autocast(device, ft.precision):
+                logits = model(**batch)
+            loss = F.cross_entropy(logits.float().reshape(-1, len(labels)), target.reshape(-1), ignore_index=IGNORE)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            losses.append(loss.item())
+        record = {"epoch": epoch, "step": step, "split": "train", "loss": float(np.mean(losses)) if losses else None,
+                  "seconds": round(time.time() - t0, 2)}
+        history.append(record)
+        _append_metrics(out, record)
+        line = f"[finetune] epoch {epoch} step {step}/{total} loss {record['loss']:.4f}"
+        if dev_data is not None:
+            preds = predict(model, dev_data, enc.pad_id, max(ft.batch_size, 64), device, ft.precision)
+            dev_scores = score(dev_examples, preds, labels)
+            key, value = dev_metric(dev_scores)
+            dev_record = {"epoch": epoch, "step": step, "split": "dev", **dev_scores}
+            history.append(dev_record)
+            _append_metrics(out, dev_record)
+            improved = not best or value > best[key]
+            line += f" | dev {key} {value:.4f}" + (" (best)" if improved else "")
+            if improved:
+                best = {"epoch": epoch, "step": step, key: value}
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                bad_epochs = 0
+            else:
+                bad_epochs += 1
+        log(line)
+        if dev_data is not None and ft.patience > 0 and bad_epochs >= ft.patience:
+            log(f"[finetune] early stop: no dev improvement in {ft.patience} epoch(s); best epoch {best['epoch']}")
+            break
+
+    if out is not None:
+        from xlmkit.train.checkpoint import step_dir
+
+        save_finetuned(step_dir(out, step), model, cfg, loaded.vocab, spec, step, {"epoch": epoch})
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    else:
+        best = {"epoch": epoch, "step": step}
+    if out is not None:
+        from xlmkit.train.checkpoint import best_dir
+
+        save_finetuned(best_dir(out), model, cfg, loaded.vocab, spec, best["step"], best)
+    model.eval()
+    return FinetuneResult(model, enc, spec, cfg, history, best, train_stats, dev_stats, time.time() - t0)
+
+
+def _start_output_dir(out: Path, cfg: Config, loaded, spec: TaskSpec) -> None:
+    from xlmkit.train.checkpoint import CHECKPOINTS, write_run_files
+
+    if (out / CHECKPOINTS).exists():
+        raise XlmkitError(f"{out} already holds checkpoints; choose a new --out directory")
+    write_run_files(out, cfg, loaded.vocab, loaded.tokenizer_path)
+    (out / TASK_FILE).write_text(json.dumps(spec.to_json(), indent=2) + "\n", encoding="utf-8")
+    (out / "metrics.jsonl").write_text("", encoding="utf-8")
+
+
+def _append_metrics(out: Path | None, record: dict) -> None:
+    if out is None:
+        return
+    with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# Config and model from the command line (shared with evaluate and langid)
+
+
+def add_model_and_config_arguments(parser: argparse.ArgumentParser, unknown_lang: bool = True) -> None:
+    parser.add_argument("--model", required=True, help="pretrained run directory (or checkpoint directory)")
+    parser.add_argument("--which", default="best", choices=("best", "latest"),
+                        help="checkpoint of the run to start from (default: best)")
+    parser.add_argument("--config", default=None,
+                        help="preset or config file whose finetune section to use (default: the run's own)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="finetune.KEY=VALUE",
+                        help="override a fine-tuning setting, e.g. --set finetune.lr=1e-4 (repeatable; also "
+                             "model.dropout / model.attention_dropout)")
+    if unknown_lang:
+        parser.add_argument("--unknown-lang-id", default=None, metavar="LANG|ID",
+                            help="language-embedding id for languages the model has none for: a language of "
+                                 "the model (e.g. en) or an integer id (default: such languages are an error)")
+    parser.add_argument("--pooling", default="mean", choices=POOLINGS,
+                        help="sentence representation for classification / pair: mean of the tokens "
+                             "(default) or the first token (XLM)")
+
+
+_MODEL_OVERRIDABLE = ("dropout", "attention_dropout")
+
+
+def finetune_config_from_args(args: argparse.Namespace, base: Config) -> tuple[FinetuneConfig, Config]:
+    """(finetune section, model config) from the run's config, --config and --set. Only finetune.* and
+    model dropouts may change: the rest of the model is fixed by its weights."""
+    overrides = parse_overrides(args.overrides)
+    for section, values in overrides.items():
+        if section == "model" and set(values) <= set(_MODEL_OVERRIDABLE):
+            continue
+        if section != "finetune":
+            raise ConfigError(f"only finetune.* settings (and model.dropout, model.attention_dropout) apply to "
+                              f"fine-tuning; got {section}.{next(iter(values))}")
+    if args.config is not None:
+        ft = load_config(args.config, [o for o in args.overrides if o.strip().startswith("finetune.")]).finetune
+    else:
+        d = config_to_dict(base)
+        d["finetune"].update(overrides.get("finetune", {}))
+        ft = config_from_dict(d).finetune
+    d = config_to_dict(base)
+    d["model"].update(overrides.get("model", {}))
+    return ft, config_from_dict(d)
+
+
+def load_pretrained(args: argparse.Namespace):
+    """The pretrained model of --model with --set model.dropout applied; (LoadedModel, FinetuneConfig)."""
+    from xlmkit.train.checkpoint import load_model
+    from xlmkit.interop.compress import refuse_int8
+
+    refuse_int8(args.model, f"{getattr(args, 'command', 'finetune')} (training)", args.which)
+    loaded = load_model(args.model, which=args.which, device="cpu")
+    ft, cfg = finetune_config_from_args(args, loaded.config)
+    if cfg.model != loaded.config.model:
+        for layer in loaded.model.layers:
+            layer.dropout = cfg.model.dropout
+            layer.attention.attention_dropout = cfg.model.attention_dropout
+        loaded.model.dropout = cfg.model.dropout
+        loaded.config = cfg
+    return loaded, ft
+
+
+def resolve_unknown_lang_id(value: str | None, vocab: dict, model: nn.Module) -> int | None:
+    """--unknown-lang-id: a language of the model's lang2id or an integer id; None stays None."""
+    if value is None or getattr(model, "lang_embeddings", None) is None:
+        return None
+    n = model.lang_embeddings.num_embeddings
+    if value.strip().isdigit():
+        lid = int(value)
+        if lid >= n:
+            raise XlmkitError(f"--unknown-lang-id {lid} out of range: the model has {n} language ids")
+        return lid
+    lang2id = {canonical_lang(k): int(v) for k, v in (vocab.get("lang2id") or {}).items()}
+    code = canonical_lang(value)
+    if code not in lang2id:
+        raise XlmkitError(f"--unknown-lang-id {value!r} is not a language of the model ({', '.join(sorted(lang2id))})")
+    return lang2id[code]
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_and_config_arguments(parser)
+    parser.add_argument("--train", required=True, help="training file(s), comma-separated, or a directory")
+    parser.add_argument("--dev", default=None, help="dev file(s) for early stopping and the best checkpoint")
+    parser.add_argument("--task", default=None, choices=TASKS, help="task (default: finetune.task)")
+    parser.add_argument("--out", required=True, help="output directory for the fine-tuned model")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.task is not None:
+        args.overrides = [*args.overrides, f"finetune.task={args.task}"]
+    loaded, ft = load_pretrained(args)
+    train_examples = read_task_files(args.train, ft.task)
+    if not train_examples:
+        raise DataError(f"{args.train}: no training examples (empty file?)")
+    dev_examples = read_task_files(args.dev, ft.task) if args.dev else None
+    if dev_examples is not None and not dev_examples:
+        raise DataError(f"{args.dev}: no dev examples (empty file?)")
+    for lang, exs in group_by_lang(train_examples).items():
+        print(f"[finetune] train {lang}: {len(exs)} examples")
+    unknown = resolve_unknown_lang_id(args.unknown_lang_id, loaded.vocab, loaded.model)
+    result = finetune(loaded, ft, train_examples, dev_examples, pooling=args.pooling, unknown_lang_id=unknown,
+                      out_dir=args.out)
+    print(f"[finetune] done in {result.seconds:.1f}s; best {result.best}; model in {args.out}")
+    return 0
