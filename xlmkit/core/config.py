@@ -210,6 +210,13 @@ class FinetuneConfig:
     patience: int = 0  # early stopping on the dev language; 0 = off
     precision: str = "auto"  # as train.precision
     group_by_length: bool = True  # batches of similar lengths (xlmkit.tasks.finetune.training_batches)
+    grad_accum: int = 1
+    clip_norm: float = 1.0  # 0 = no clipping
+    save_every: int = 0  # steps between resumable checkpoints; 0 = every epoch
+    log_every: int = 0  # steps between train records in metrics.jsonl; 0 = every epoch
+    keep_last: int = 2
+    parallel: str = "none"  # as train.parallel (DDP is used automatically under torchrun)
+    dist_timeout_s: int = 300
     seed: int = 0
     device: str = "auto"
 
@@ -228,6 +235,14 @@ class FinetuneConfig:
         _check(0.0 <= self.dropout < 1.0, f"finetune.dropout must be in [0, 1), got {self.dropout}")
         _check(self.patience >= 0, f"finetune.patience must be >= 0 (0 = off), got {self.patience}")
         _check(self.seed >= 0, f"finetune.seed must be >= 0, got {self.seed}")
+        _check(self.grad_accum >= 1, f"finetune.grad_accum must be >= 1, got {self.grad_accum}")
+        _check(self.clip_norm >= 0, f"finetune.clip_norm must be >= 0 (0 = no clipping), got {self.clip_norm}")
+        _check(self.save_every >= 0, f"finetune.save_every must be >= 0 (0 = every epoch), got {self.save_every}")
+        _check(self.keep_last >= 1, f"finetune.keep_last must be >= 1, got {self.keep_last}")
+        _check(self.log_every >= 0, f"finetune.log_every must be >= 0 (0 = every epoch), got {self.log_every}")
+        _check(self.parallel in ("none", "ddp", "fsdp"),
+               f"finetune.parallel must be none, ddp or fsdp, got {self.parallel!r}")
+        _check(self.dist_timeout_s >= 1, f"finetune.dist_timeout_s must be >= 1, got {self.dist_timeout_s}")
 
 
 @dataclass(frozen=True)

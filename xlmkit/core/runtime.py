@@ -215,7 +215,7 @@ def shutdown_distributed() -> None:
 
 
 def wrap_model(model: nn.Module, dist: DistInfo, parallel: str = "none",
-               device: torch.device | str | None = None) -> nn.Module:
+               device: torch.device | str | None = None, layer_types: tuple[type, ...] = ()) -> nn.Module:
     """The model the loop calls, on `device` (None: where it is). One process: the model itself
     (whatever `parallel` says). Several: DistributedDataParallel (parallel "none" or "ddp"), or the
     model sharded in place with FSDP2 (parallel "fsdp"; see `shard_model`). Build the optimizer
@@ -223,7 +223,7 @@ def wrap_model(model: nn.Module, dist: DistInfo, parallel: str = "none",
     if parallel not in ("none", "ddp", "fsdp"):
         raise XlmkitError(f"unknown train.parallel {parallel!r}; use none, ddp or fsdp")
     if dist.enabled and parallel == "fsdp":
-        return shard_model(model, dist, device)
+        return shard_model(model, dist, device, layer_types)
     if device is not None:
         model = model.to(device)
     if not dist.enabled:
@@ -234,7 +234,8 @@ def wrap_model(model: nn.Module, dist: DistInfo, parallel: str = "none",
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def shard_model(model: nn.Module, dist: DistInfo, device: torch.device | str | None = None) -> nn.Module:
+def shard_model(model: nn.Module, dist: DistInfo, device: torch.device | str | None = None,
+                layer_types: tuple[type, ...] = ()) -> nn.Module:
     """FSDP2 (torch.distributed.fsdp.fully_shard) over all ranks, in place: each TransformerLayer is
     one unit (its parameters are all-gathered just before it runs and freed after), then the root
     holds the rest: embeddings, the output layer's bias, final LayerNorms. The token embedding is
@@ -247,11 +248,9 @@ def shard_model(model: nn.Module, dist: DistInfo, device: torch.device | str | N
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    from xlmkit.model.encoder import TransformerLayer
-
     device = torch.device(device) if device is not None else next(model.parameters()).device
     mesh = init_device_mesh(device.type, (dist.world_size,))  # cuda: this process's GPU (set_device)
-    layers = [m for m in model.modules() if isinstance(m, TransformerLayer)]
+    layers = [m for m in model.modules() if layer_types and isinstance(m, layer_types)]
     for layer in layers:
         fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)

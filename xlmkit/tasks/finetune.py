@@ -66,6 +66,8 @@ from xlmkit.core.integrity import open_tokenizer
 from xlmkit.core.errors import DataError, XlmkitError
 from xlmkit.core.langs import canonical_lang
 from xlmkit.tasks.retrieval import sentence_format
+from xlmkit.train.engine import OptimConfig, row_bounds
+from xlmkit.train.engine import build_optimizer as engine_build_optimizer, lr_factor as engine_lr_factor
 from xlmkit.tasks.io import TASKS, Example, check_labels, group_by_lang, label_list, read_task_files
 
 IGNORE = -100
@@ -308,6 +310,9 @@ class TaskModel(nn.Module):
         self.task = task
         self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
+        # the pretraining output layer's own parameters (its bias, XLM-R's transform) are not used
+        # here: frozen, so that DDP expects no gradient for them
+        encoder.mlm_head.requires_grad_(False)
         self.head = nn.Linear(encoder.cfg.dim, n_labels)
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
@@ -339,30 +344,139 @@ def freeze_layers(encoder: nn.Module, k: int) -> None:
         layer.requires_grad_(False)
 
 
-def build_optimizer(model: TaskModel, ft: FinetuneConfig, device: torch.device) -> torch.optim.AdamW:
-    """Two learning rates (encoder: finetune.lr, head: finetune.head_lr); no decay on biases / norms.
-    The (tied) MLM output layer is not used and not trained."""
-    groups: dict[tuple[str, bool], list] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad or name.startswith("encoder.mlm_head."):
-            continue
-        part = "head" if name.startswith("head.") else "encoder"
-        decay = p.ndim >= 2 and "norm" not in name and "embeddings" not in name
-        groups.setdefault((part, decay), []).append(p)
-    param_groups = [
-        {"params": ps, "lr": ft.head_lr if part == "head" else ft.lr, "weight_decay": ft.weight_decay if decay else 0.0}
-        for (part, decay), ps in sorted(groups.items())
-    ]
-    from xlmkit.core.runtime import fused_optimizer_kwargs
+def param_groups(model: TaskModel, ft: FinetuneConfig):
+    """The engine's parameter groups: the encoder at finetune.lr, the new head at finetune.head_lr
+    (a freshly initialised layer learns at a higher rate than the pretrained ones). The engine's one
+    weight-decay rule applies to both (xlmkit.train.engine.decays)."""
+    encoder = [(n, p) for n, p in model.named_parameters() if not n.startswith("head.")]
+    head = [(n, p) for n, p in model.named_parameters() if n.startswith("head.")]
+    return [("encoder", encoder, ft.lr), ("head", head, ft.head_lr)]
 
-    return torch.optim.AdamW(param_groups, betas=(0.9, 0.999), eps=1e-8, **fused_optimizer_kwargs(device))
+
+def optim_config(ft: FinetuneConfig, total: int) -> OptimConfig:
+    """AdamW as BERT fine-tunes (betas 0.9 / 0.999, eps 1e-8), linear warmup over
+    finetune.warmup_ratio of the steps, then linear decay to 0."""
+    return OptimConfig(lr=ft.lr, weight_decay=ft.weight_decay, betas=(0.9, 0.999), eps=1e-8,
+                       warmup_steps=int(round(ft.warmup_ratio * total)), schedule="linear", max_steps=total)
+
+
+def build_optimizer(model: TaskModel, ft: FinetuneConfig, device: torch.device, total: int = 1) -> torch.optim.AdamW:
+    return engine_build_optimizer(param_groups(model, ft), optim_config(ft, total), device)
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warmup over `warmup` steps, then linear decay to 0 at `total`."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return max(0.0, (total - step) / max(1, total - warmup))
+    """The engine's linear schedule: warmup over `warmup` steps, then linear decay to 0 at `total`."""
+    return engine_lr_factor(step, OptimConfig(lr=1.0, warmup_steps=warmup, schedule="linear", max_steps=total))
+
+
+# ----------------------------------------------------------------------------------------------
+# What the engine trains on: batches, the loss, the sampler
+
+
+@dataclass(frozen=True, eq=False)
+class TaskBatch:
+    """One global batch of labelled examples (the engine's TrainBatch). (B, T) tensors; target (B,)
+    or (B, T) with IGNORE where nothing is scored."""
+
+    name: str
+    input_ids: Tensor
+    langs: Tensor | None
+    positions: Tensor
+    attention_mask: Tensor
+    target: Tensor
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+    @property
+    def n_pred(self) -> int:
+        return int((self.target != IGNORE).sum())
+
+    def split_rows(self, start: int, stop: int) -> TaskBatch:
+        return TaskBatch(self.name, self.input_ids[start:stop], None if self.langs is None else self.langs[start:stop],
+                         self.positions[start:stop], self.attention_mask[start:stop], self.target[start:stop])
+
+    def to(self, device, non_blocking: bool = False) -> TaskBatch:
+        def move(t):
+            return None if t is None else t.to(device, non_blocking=non_blocking)
+
+        return TaskBatch(self.name, move(self.input_ids), move(self.langs), move(self.positions),
+                         move(self.attention_mask), move(self.target))
+
+    def inputs(self) -> dict:
+        return dict(input_ids=self.input_ids, langs=self.langs, positions=self.positions,
+                    attention_mask=self.attention_mask, target=self.target)
+
+
+class TaskLoss(nn.Module):
+    """TaskModel + cross-entropy as one module (what DDP wraps): (summed loss over the labelled
+    targets, number correct)."""
+
+    def __init__(self, model: TaskModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: Tensor, langs: Tensor | None, positions: Tensor, attention_mask: Tensor,
+                target: Tensor) -> tuple[Tensor, Tensor]:
+        logits = self.model(input_ids, langs, positions, attention_mask).float()
+        logits, target = logits.reshape(-1, logits.shape[-1]), target.reshape(-1)
+        loss_sum = F.cross_entropy(logits, target, ignore_index=IGNORE, reduction="sum")
+        return loss_sum, (logits.argmax(-1) == target).sum()
+
+
+class EpochSampler:
+    """Epochs of length-grouped batches (training_batches) over the encoded examples; each call gives
+    one global batch, this rank's rows of it. Its state (epoch, position, the generator's state at the
+    epoch's start) resumes exactly."""
+
+    def __init__(self, data: Sequence[Encoded], batch_size: int, pad_id: int, seed: int, group_by_length: bool,
+                 name: str, rank: int = 0, world_size: int = 1) -> None:
+        self.data, self.batch_size, self.pad_id, self.name = data, batch_size, pad_id, name
+        self.group_by_length, self.rank, self.world_size = group_by_length, rank, world_size
+        self.lengths = [len(x.ids) for x in data]
+        self.rng = np.random.default_rng(seed)
+        self.epoch, self.pos = 0, 0
+        self._start_epoch()
+
+    def _start_epoch(self) -> None:
+        self.epoch_rng_state = self.rng.bit_generator.state
+        self.batches = training_batches(self.lengths, self.batch_size, self.rng, self.group_by_length)
+        self.pos = 0
+
+    def next_batches(self) -> list[TaskBatch]:
+        if self.pos >= len(self.batches):
+            self.epoch += 1
+            self._start_epoch()
+        idx = self.batches[self.pos]
+        self.pos += 1
+        b = collate([self.data[i] for i in idx], self.pad_id)
+        batch = TaskBatch(self.name, b["input_ids"], b["langs"], b["positions"], b["attention_mask"], b["target"])
+        mine = row_bounds(batch.n_rows, self.world_size)
+        # a rank without rows of a batch smaller than the world runs an empty slice (DDP's backward is collective)
+        start, stop = mine[self.rank] if self.rank < len(mine) else (0, 0)
+        return [batch.split_rows(start, stop) if self.world_size > 1 else batch]
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos, "rng": self.epoch_rng_state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self._start_epoch()
+        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+
+
+def selection_metric(task: str, labels: Sequence[str]) -> str:
+    """What best/ and early stopping look at (dev_metric's choice, known before any evaluation)."""
+    from xlmkit.tasks import scores as M
+
+    if task == "token":
+        return "span_f1" if M.is_bio_tagset(list(labels)) else "token_accuracy"
+    return "accuracy"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -517,10 +631,16 @@ def finetune(
     unknown_lang_id: int | None = None,
     out_dir: str | Path | None = None,
     log: Callable[[str], None] = print,
+    resume: bool = False,
 ) -> FinetuneResult:
-    """Fine-tune `loaded.model` with a new head on the examples; keep the best dev weights. Writes the
-    fine-tuned model directory when out_dir is given."""
-    from xlmkit.core.runtime import autocast, choose_precision, pick_device, seed_everything
+    """Fine-tune `loaded.model` with a new head on the examples through the training engine; keep the
+    best dev weights. Writes the fine-tuned model directory when out_dir is given; with resume, continue
+    the run in out_dir from its newest checkpoint exactly where it stopped. Under torchrun every
+    process takes its rows of each batch (DDP, or FSDP with finetune.parallel=fsdp)."""
+    from xlmkit.core.runtime import choose_precision, init_distributed, pick_device, seed_everything
+    from xlmkit.model.encoder import TransformerLayer
+    from xlmkit.train.checkpoint import best_dir, load_weights, save_checkpoint
+    from xlmkit.train.engine import LoopConfig, TrainJob, open_run_dir, train
 
     t0 = time.time()
     if (getattr(loaded, "compression", None) or {}).get("int8"):
@@ -533,9 +653,11 @@ def finetune(
     labels = tuple(labels if labels is not None else label_list(train_examples))
     if len(labels) < 2:
         raise DataError(f"the training data has a single label ({', '.join(labels)}); nothing to learn")
-    device = pick_device(ft.device)
+    dist = init_distributed(ft.dist_timeout_s, ft.device)
+    device = pick_device(ft.device, dist)
     precision, precision_note = choose_precision(ft.precision, device)
     ft = dataclasses.replace(ft, precision=precision)  # resolved, saved with the model
+    log = log if dist.is_main else (lambda s: None)  # only rank 0 reports
     seed_everything(ft.seed)
     encoder_model = loaded.model
     if ft.max_len > encoder_model.cfg.max_positions:
@@ -553,105 +675,84 @@ def finetune(
         dev_data, dev_stats = enc.encode(dev_examples)
         log(f"[finetune] {dev_stats.describe('dev')}")
 
-    model = TaskModel(encoder_model, len(labels), ft.task, pooling, ft.dropout).to(device)
+    model = TaskModel(encoder_model, len(labels), ft.task, pooling, ft.dropout)
     freeze_layers(model.encoder, ft.freeze_layers)
-    model.train()
-    optimizer = build_optimizer(model, ft, device)
     steps_per_epoch = math.ceil(len(train_data) / ft.batch_size)
     total = ft.max_steps if ft.max_steps > 0 else ft.epochs * steps_per_epoch
-    warmup = int(round(ft.warmup_ratio * total))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup))
-    rng = np.random.default_rng(ft.seed)
     cfg = dataclasses.replace(loaded.config, finetune=ft)
+    key = selection_metric(ft.task, labels)
     out = Path(out_dir) if out_dir is not None else None
+    resume_from = None
     if out is not None:
-        _start_output_dir(out, cfg, loaded, spec)
+        resume_from = open_run_dir(out, resume, dist, "finetune",
+                                   write_files=lambda: _write_run_files(out, cfg, loaded, spec),
+                                   check_resume=lambda ckpt, state: _check_resume(ckpt, state, spec, cfg))
+    elif resume:
+        raise XlmkitError("finetune: resume needs the output directory of the run to continue")
+
+    def evaluate(_wrapped: nn.Module) -> dict[str, float]:
+        if dev_data is None:
+            return {}
+        preds = predict(model, dev_data, enc.pad_id, max(ft.batch_size, 64), device, ft.precision)
+        return score(dev_examples, preds, labels)
+
+    job = TrainJob(trained=model, loss_model=TaskLoss(model),
+                   sampler=EpochSampler(train_data, ft.batch_size, enc.pad_id, ft.seed, ft.group_by_length,
+                                        ft.task, dist.rank, dist.world_size),
+                   evaluate=evaluate, param_groups=lambda m: param_groups(m, ft), weight_files=WEIGHT_FILES,
+                   state_extra={"task": spec.to_json()}, cfg=cfg, vocab=loaded.vocab,
+                   layer_types=(TransformerLayer,))
+    loop = LoopConfig(max_steps=total, precision=ft.precision, grad_accum=ft.grad_accum, clip_norm=ft.clip_norm,
+                      log_every=ft.log_every or steps_per_epoch, eval_every=steps_per_epoch,
+                      save_every=ft.save_every or steps_per_epoch, keep_last=ft.keep_last, seed=ft.seed,
+                      parallel=ft.parallel, select=(key, "max"), patience=ft.patience if dev_data is not None else 0,
+                      eval_at_start=False, eval_split="dev", name="finetune", epoch_steps=steps_per_epoch)
     log(f"[finetune] {precision_note}")
     log(f"[finetune] task={ft.task} labels={len(labels)} train={len(train_data)} dev={len(dev_data or [])} "
         f"steps={total} ({steps_per_epoch}/epoch) device={device} lr={ft.lr} head_lr={ft.head_lr} "
-        f"freeze_layers={ft.freeze_layers} pooling={pooling if ft.task != 'token' else '-'}")
-
-    history: list[dict] = []
-    best: dict = {}
-    best_state: dict[str, Tensor] | None = None
-    bad_epochs = 0
-    step = 0
-    epoch = 0
-    while step < total:
-        epoch += 1
-        losses = []
-        for idx in training_batches([len(x.ids) for x in train_data], ft.batch_size, rng, ft.group_by_length):
-            if step >= total:
-                break
-            batch = collate([train_data[i] for i in idx], enc.pad_id)
-            batch = {k: (v.to(device) if v is not None else None) for k, v in batch.items()}
-            target = batch.pop("target")
-            with autocast(device, ft.precision):
-                logits = model(**batch)
-            loss = F.cross_entropy(logits.float().reshape(-1, len(labels)), target.reshape(-1), ignore_index=IGNORE)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            losses.append(loss.item())
-        record = {"epoch": epoch, "step": step, "split": "train", "loss": float(np.mean(losses)) if losses else None,
-                  "seconds": round(time.time() - t0, 2)}
-        history.append(record)
-        _append_metrics(out, record)
-        line = f"[finetune] epoch {epoch} step {step}/{total} loss {record['loss']:.4f}"
-        if dev_data is not None:
-            preds = predict(model, dev_data, enc.pad_id, max(ft.batch_size, 64), device, ft.precision)
-            dev_scores = score(dev_examples, preds, labels)
-            key, value = dev_metric(dev_scores)
-            dev_record = {"epoch": epoch, "step": step, "split": "dev", **dev_scores}
-            history.append(dev_record)
-            _append_metrics(out, dev_record)
-            improved = not best or value > best[key]
-            line += f" | dev {key} {value:.4f}" + (" (best)" if improved else "")
-            if improved:
-                best = {"epoch": epoch, "step": step, key: value}
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-                bad_epochs = 0
-            else:
-                bad_epochs += 1
-        log(line)
-        if dev_data is not None and ft.patience > 0 and bad_epochs >= ft.patience:
-            log(f"[finetune] early stop: no dev improvement in {ft.patience} epoch(s); best epoch {best['epoch']}")
-            break
-
-    if out is not None:
-        from xlmkit.train.checkpoint import step_dir
-
-        save_finetuned(step_dir(out, step), model, cfg, loaded.vocab, spec, step, {"epoch": epoch})
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    else:
-        best = {"epoch": epoch, "step": step}
-    if out is not None:
-        from xlmkit.train.checkpoint import best_dir
-
-        save_finetuned(best_dir(out), model, cfg, loaded.vocab, spec, best["step"], best)
-    model.eval()
-    return FinetuneResult(model, enc, spec, cfg, history, best, train_stats, dev_stats, time.time() - t0)
+        f"freeze_layers={ft.freeze_layers} pooling={pooling if ft.task != 'token' else '-'}"
+        + (f" processes={dist.world_size}" if dist.world_size > 1 else ""))
+    result = train(job, loop, optim_config(ft, total), out, dist, device, resume_from=resume_from,
+                   log=log)
+    for r in result.history:
+        if r["split"] == "dev":
+            log(f"[finetune] epoch {r['epoch']} step {r['step']}/{total} | dev {key} {r.get(key, float('nan')):.4f}"
+                + (" (best)" if r["step"] == result.best.get("step") else ""))
+    best = dict(result.best)
+    if best:
+        best = {"epoch": math.ceil(best["step"] / steps_per_epoch), **best}
+        if out is not None:
+            load_weights(model, best_dir(out), "cpu", WEIGHT_FILES)  # the kept weights
+    else:  # no dev set: the final weights are the best
+        best = {"epoch": math.ceil(result.step / steps_per_epoch), "step": result.step}
+        if out is not None:
+            save_checkpoint(best_dir(out), model=model, cfg=cfg, step=result.step, vocab=loaded.vocab,
+                            metrics={"epoch": best["epoch"]}, dist=dist, weight_files=WEIGHT_FILES,
+                            extra_state={"task": spec.to_json()})
+    model.to(device).eval()
+    return FinetuneResult(model, enc, spec, cfg, result.history, best, train_stats, dev_stats, time.time() - t0)
 
 
-def _start_output_dir(out: Path, cfg: Config, loaded, spec: TaskSpec) -> None:
-    from xlmkit.train.checkpoint import CHECKPOINTS, write_run_files
+WEIGHT_FILES = {"encoder.": ("model.safetensors", ""), "head.": (HEAD_FILE, "head.")}
 
-    if (out / CHECKPOINTS).exists():
-        raise XlmkitError(f"{out} already holds checkpoints; choose a new --out directory")
+
+def _write_run_files(out: Path, cfg: Config, loaded, spec: TaskSpec) -> None:
+    from xlmkit.train.checkpoint import write_run_files
+
     write_run_files(out, cfg, loaded.vocab, loaded.tokenizer_path)
     (out / TASK_FILE).write_text(json.dumps(spec.to_json(), indent=2) + "\n", encoding="utf-8")
-    (out / "metrics.jsonl").write_text("", encoding="utf-8")
 
 
-def _append_metrics(out: Path | None, record: dict) -> None:
-    if out is None:
-        return
-    with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+def _check_resume(ckpt: Path, state: dict, spec: TaskSpec, cfg: Config) -> None:
+    saved = TaskSpec.from_json(state.get("task") or {"task": "?", "labels": []})
+    if saved.task != spec.task or saved.labels != spec.labels:
+        raise XlmkitError(f"cannot resume from {ckpt}: it fine-tunes {saved.task} with labels {list(saved.labels)}, "
+                          f"this run {spec.task} with {list(spec.labels)}")
+    saved_ft = config_from_dict(state["config"]).finetune
+    changed = [f"finetune.{f.name}: {getattr(saved_ft, f.name)!r} -> {getattr(cfg.finetune, f.name)!r}"
+               for f in dataclasses.fields(saved_ft) if getattr(saved_ft, f.name) != getattr(cfg.finetune, f.name)]
+    if changed:
+        print("[finetune] resuming with changed settings: " + "; ".join(changed))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -744,6 +845,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dev", default=None, help="dev file(s) for early stopping and the best checkpoint")
     parser.add_argument("--task", default=None, choices=TASKS, help="task (default: finetune.task)")
     parser.add_argument("--out", required=True, help="output directory for the fine-tuned model")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the fine-tuning run in --out from its newest checkpoint (same settings)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -759,7 +862,12 @@ def run(args: argparse.Namespace) -> int:
     for lang, exs in group_by_lang(train_examples).items():
         print(f"[finetune] train {lang}: {len(exs)} examples")
     unknown = resolve_unknown_lang_id(args.unknown_lang_id, loaded.vocab, loaded.model)
-    result = finetune(loaded, ft, train_examples, dev_examples, pooling=args.pooling, unknown_lang_id=unknown,
-                      out_dir=args.out)
+    from xlmkit.core.runtime import dist_info_from_env, distributed_errors
+
+    with distributed_errors(ft.dist_timeout_s):  # another process died or hangs: one clear error
+        result = finetune(loaded, ft, train_examples, dev_examples, pooling=args.pooling, unknown_lang_id=unknown,
+                          out_dir=args.out, resume=args.resume)
+    if not dist_info_from_env().is_main:
+        return 0
     print(f"[finetune] done in {result.seconds:.1f}s; best {result.best}; model in {args.out}")
     return 0

@@ -78,6 +78,17 @@ class Batch:
         return self.objective == "clm"
 
     @property
+    def name(self) -> str:
+        """What the engine logs this batch's loss as: loss_mlm_en, loss_tlm_en-fr."""
+        return f"{self.objective}_{self.task}"
+
+    def inputs(self) -> dict:
+        """Keyword arguments of PretrainingLoss.forward."""
+        return dict(input_ids=self.input_ids, langs=self.langs, positions=self.positions,
+                    attention_mask=self.attention_mask, pred_mask=self.pred_mask, targets=self.targets,
+                    causal=self.causal)
+
+    @property
     def n_rows(self) -> int:
         return int(self.input_ids.shape[0])
 

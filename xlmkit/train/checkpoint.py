@@ -273,12 +273,12 @@ def _gather_sharded(model: nn.Module, optimizer: torch.optim.Optimizer | None) -
     return weights, {"state": {index[n]: st for n, st in by_name["state"].items()}, "param_groups": groups}
 
 
-def _load_sharded_weights(model: nn.Module, f: Path) -> tuple[list[str], list[str]]:
+def _load_sharded_weights(model: nn.Module, path: Path, weight_files) -> tuple[list[str], list[str]]:
     """Rank 0 reads the full weights and sends each rank its shards. Collective."""
     import torch.distributed as tdist
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-    weights = load_file(str(f), device="cpu") if tdist.get_rank() == 0 else {}
+    weights = read_weights(path, weight_files) if tdist.get_rank() == 0 else {}
     expected = set(model.state_dict())
     result = set_model_state_dict(model, weights, options=StateDictOptions(
         full_state_dict=True, broadcast_from_rank0=True, strict=False))
@@ -323,11 +323,15 @@ def save_checkpoint(
     vocab: dict | None = None,
     tokenizer: str = "../../tokenizer.json",
     dist: DistInfo | None = None,
+    weight_files: dict[str, tuple[str, str]] | None = None,
+    extra_state: dict | None = None,
 ) -> Path:
     """Write a checkpoint at `path` atomically. With an optimizer (a step checkpoint, for resume) it
     also holds optimizer, scheduler, sampler and RNG states; without one, only weights (best/).
     Under torchrun call it on every rank (RNG states are gathered); only rank 0 writes.
-    `tokenizer` is the tokenizer's path relative to the checkpoint directory."""
+    `tokenizer` is the tokenizer's path relative to the checkpoint directory. `weight_files` splits
+    the weights into files by parameter-name prefix (see `split_weights`; default: all in
+    model.safetensors); `extra_state` is merged into state.json (a task's description)."""
     dist = dist or DistInfo()
     path = Path(path)
     rng_tensors, rng_meta = _rng_state(dist) if optimizer is not None else ({}, None)
@@ -338,7 +342,7 @@ def save_checkpoint(
     state: dict[str, Any] = {
         "format": FORMAT, "version": FORMAT_VERSION, "step": int(step),
         "config": config_to_dict(cfg), "vocab": vocab, "tokenizer": tokenizer,
-        "metrics": _jsonable(metrics or {}),
+        "metrics": _jsonable(metrics or {}), **_jsonable(extra_state or {}),
     }
     opt_tensors: dict[str, torch.Tensor] = {}
     if optimizer is not None:
@@ -350,7 +354,7 @@ def save_checkpoint(
         state["rng"] = rng_meta
 
     def write_files(tmp: Path) -> None:
-        written = [(weights, MODEL_FILE)]
+        written = [(part, name) for name, part in split_weights(weights, weight_files).items()]
         if optimizer is not None:
             written += [(opt_tensors, OPTIMIZER_FILE), (rng_tensors, RNG_FILE)]
         for tensors, name in written:
@@ -396,22 +400,51 @@ def read_tensors(f: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
         raise XlmkitError(f"{f}: not a readable safetensors file ({type(e).__name__}: {e})") from None
 
 
-def load_weights(model: nn.Module, path: str | Path, device: str | torch.device = "cpu") -> None:
-    f = Path(path) / MODEL_FILE
-    if not f.is_file():
-        raise XlmkitError(f"{path}: no {MODEL_FILE}")
-    target = unwrap_model(model)
-    if is_sharded(target):
-        missing, unexpected = _load_sharded_weights(target, f)
-    else:
-        weights = read_tensors(f, str(device))
-        if any(k.endswith(".int8") for k in weights):  # an int8 run (xlmkit quantize): dequantize on load
+def split_weights(weights: dict[str, torch.Tensor],
+                  weight_files: dict[str, tuple[str, str]] | None) -> dict[str, dict[str, torch.Tensor]]:
+    """{file: tensors}: each weight goes to the file of the longest parameter-name prefix of
+    `weight_files` ({prefix: (file, prefix in the file)}) that it starts with. A fine-tuned model
+    keeps its encoder under the pretraining names in model.safetensors (so `load_model` reads it)
+    and its head in head.safetensors: {"encoder.": ("model.safetensors", ""), "head.":
+    ("head.safetensors", "head.")}."""
+    weight_files = weight_files or {"": (MODEL_FILE, "")}
+    prefixes = sorted(weight_files, key=len, reverse=True)
+    out: dict[str, dict[str, torch.Tensor]] = {file: {} for file, _ in weight_files.values()}
+    for key, value in weights.items():
+        prefix = next((p for p in prefixes if key.startswith(p)), None)
+        if prefix is None:
+            raise XlmkitError(f"weight {key!r} matches no checkpoint file ({', '.join(map(repr, prefixes))})")
+        file, file_prefix = weight_files[prefix]
+        out[file][file_prefix + key[len(prefix):]] = value
+    return out
+
+
+def read_weights(path: Path, weight_files: dict[str, tuple[str, str]] | None, device: str = "cpu") -> dict:
+    """The inverse of split_weights: the model's state dict from a checkpoint's files."""
+    weights: dict[str, torch.Tensor] = {}
+    for prefix, (file, file_prefix) in (weight_files or {"": (MODEL_FILE, "")}).items():
+        f = path / file
+        if not f.is_file():
+            raise XlmkitError(f"{path}: no {file}")
+        part = read_tensors(f, device)
+        if any(k.endswith(".int8") for k in part):  # an int8 run (xlmkit quantize): dequantize on load
             from xlmkit.interop.compress import dequantize_state_dict
 
-            weights = dequantize_state_dict(weights)
-        missing, unexpected = target.load_state_dict(weights, strict=False)
+            part = dequantize_state_dict(part)
+        weights.update({prefix + k[len(file_prefix):]: v for k, v in part.items()})
+    return weights
+
+
+def load_weights(model: nn.Module, path: str | Path, device: str | torch.device = "cpu",
+                 weight_files: dict[str, tuple[str, str]] | None = None) -> None:
+    path = Path(path)
+    target = unwrap_model(model)
+    if is_sharded(target):
+        missing, unexpected = _load_sharded_weights(target, path, weight_files)
+    else:
+        missing, unexpected = target.load_state_dict(read_weights(path, weight_files, str(device)), strict=False)
     if missing or unexpected:
-        raise XlmkitError(f"{f}: weights do not fit the model: missing {sorted(missing)[:5]}, "
+        raise XlmkitError(f"{path / MODEL_FILE}: weights do not fit the model: missing {sorted(missing)[:5]}, "
                           f"unexpected {sorted(unexpected)[:5]}")
 
 
@@ -424,6 +457,7 @@ def load_checkpoint(
     dist: DistInfo | None = None,
     restore_rng: bool = True,
     verify: bool = True,
+    weight_files: dict[str, tuple[str, str]] | None = None,
 ) -> dict:
     """Restore weights (and optimizer, scheduler, RNG states when given / asked) from a step
     checkpoint; returns its state.json (step, sampler, metrics, config, …). With `verify`, every
@@ -433,7 +467,7 @@ def load_checkpoint(
     state = read_state(path)
     if verify:
         verify_checkpoint(path, need_optimizer=optimizer is not None)
-    load_weights(model, path, device)
+    load_weights(model, path, device, weight_files)
     if optimizer is not None:
         if "optimizer" not in state:
             raise XlmkitError(f"{path}: holds weights only; cannot resume training from it")

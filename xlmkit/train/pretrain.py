@@ -21,9 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
-import time
-from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -33,6 +30,8 @@ from torch import Tensor, nn
 from xlmkit.core.config import Config, ConfigError, TrainConfig, add_config_arguments, config_from_args, config_from_dict
 from xlmkit.core.errors import XlmkitError
 from xlmkit.model.ops import output_loss_sum
+from xlmkit.train.engine import LoopConfig, OptimConfig, TrainJob, open_run_dir, row_bounds
+from xlmkit.train.engine import build_optimizer as engine_build_optimizer, lr_factor as engine_lr_factor
 
 
 # ----------------------------------------------------------------------------------------------
@@ -96,30 +95,28 @@ def init_from(init: str | Path, cfg: Config, data, vocab: dict) -> tuple[Config,
     return resolve_config(dataclasses.replace(cfg, model=model), data, model), vocab, ckpt
 
 
+def optim_config(cfg: TrainConfig) -> OptimConfig:
+    """The engine's optimizer and schedule settings from train.*."""
+    return OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps,
+                       warmup_steps=cfg.warmup_steps, schedule=cfg.schedule, max_steps=cfg.max_steps)
+
+
+def loop_config(cfg: TrainConfig) -> LoopConfig:
+    return LoopConfig(max_steps=cfg.max_steps, precision=cfg.precision, grad_accum=cfg.grad_accum,
+                      clip_norm=cfg.clip_norm, log_every=cfg.log_every, eval_every=cfg.eval_every,
+                      save_every=cfg.save_every, keep_last=cfg.keep_last, seed=cfg.seed, parallel=cfg.parallel,
+                      compile=cfg.compile, profile=cfg.profile, select=("mean_ppl", "min"), eval_at_start=True,
+                      eval_split="valid", name="pretrain")
+
+
 def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Multiplier of cfg.lr at optimizer step `step` (0-based). Linear warmup over warmup_steps (the first
-    step already has lr / warmup_steps), then: "linear" decay to 0 at max_steps, "inverse_sqrt"
-    sqrt(warmup / step) (Vaswani et al. 2017; XLM), or "constant"."""
-    w = cfg.warmup_steps
-    if step < w:
-        return (step + 1) / w
-    if cfg.schedule == "constant":
-        return 1.0
-    if cfg.schedule == "linear":
-        return max(0.0, (cfg.max_steps - step) / max(1, cfg.max_steps - w))
-    return math.sqrt(max(w, 1) / max(step, 1))  # inverse_sqrt: 1 at the end of warmup
+    """The engine's schedule (xlmkit.train.engine.lr_factor) under train.*."""
+    return engine_lr_factor(step, optim_config(cfg))
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with decoupled weight decay (Loshchilov & Hutter 2019) on matrices (linear weights and
-    embeddings, as BERT), none on vectors (biases, LayerNorm gains), which only shifts or scales."""
-    from xlmkit.core.runtime import fused_optimizer_kwargs
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps,
-                             **fused_optimizer_kwargs(device))
+    """The engine's AdamW rule (xlmkit.train.engine.build_optimizer) over all of `model`."""
+    return engine_build_optimizer([("all", list(model.named_parameters()), cfg.lr)], optim_config(cfg), device)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
@@ -150,36 +147,6 @@ class PretrainingLoss(nn.Module):
         return loss_sum, (logits.argmax(-1) == targets).sum()
 
 
-def batch_inputs(batch) -> dict:
-    return dict(input_ids=batch.input_ids, langs=batch.langs, positions=batch.positions,
-                attention_mask=batch.attention_mask, pred_mask=batch.pred_mask, targets=batch.targets,
-                causal=batch.causal)
-
-
-def row_bounds(n_rows: int, n_parts: int) -> list[tuple[int, int]]:
-    """[start, stop) of n_parts near-equal slices of n_rows rows (empty slices dropped)."""
-    cuts = [n_rows * i // n_parts for i in range(n_parts + 1)]
-    return [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
-
-
-def train_on_batch(model: nn.Module, batch, cfg: TrainConfig, device: torch.device, dist, sync: bool) -> float:
-    """Forward and backward of one global batch (this rank's rows) in grad_accum micro-batches.
-    Returns the batch's mean loss over all its predicted tokens (all ranks)."""
-    from xlmkit.core.runtime import all_reduce_sum, autocast, grad_sync
-
-    n_pred = float(all_reduce_sum(torch.tensor(float(batch.n_pred)), dist))  # the global batch's
-    loss_sum = torch.zeros((), device=device)
-    parts = row_bounds(batch.n_rows, cfg.grad_accum)
-    for k, (start, stop) in enumerate(parts):
-        micro = batch.split_rows(start, stop).to(device, non_blocking=True)
-        with grad_sync(model, sync and k == len(parts) - 1), autocast(device, cfg.precision):
-            micro_sum, _ = model(**batch_inputs(micro))
-            # DDP averages gradients over ranks: scale by world_size so the result is sum / n_pred
-            (micro_sum * (dist.world_size / max(n_pred, 1.0))).backward()
-        loss_sum += micro_sum.detach()
-    return float(all_reduce_sum(loss_sum, dist)) / max(n_pred, 1.0)
-
-
 @torch.no_grad()
 def evaluate(loss_model: nn.Module, eval_sets: dict[str, list], cfg: TrainConfig, device: torch.device,
              dist) -> dict[str, float]:
@@ -199,7 +166,7 @@ def evaluate(loss_model: nn.Module, eval_sets: dict[str, list], cfg: TrainConfig
             # FSDP's forward is collective: a rank without rows of a short batch runs one row, uncounted
             part = batch.split_rows(*(mine[0] if mine else (0, 1))).to(device)
             with autocast(device, cfg.precision):
-                loss_sum, n_correct = loss_model(**batch_inputs(part))
+                loss_sum, n_correct = loss_model(**part.inputs())
             if mine:
                 totals += torch.tensor([float(loss_sum), part.n_pred, float(n_correct)], dtype=torch.float64)
         loss, n, correct = all_reduce_sum(totals, dist).tolist()
@@ -237,79 +204,47 @@ def build_eval_sets(data, cfg: TrainConfig) -> dict[str, list]:
     return {k: v for k, v in sets.items() if v}
 
 
-def prepare_run_dir(out_dir: Path, cfg: Config, data, vocab: dict, resume: bool, dist) -> Path | None:
-    """Check the run directory against `resume`; write config.json, vocab.json, tokenizer.json (rank 0).
-    Returns the checkpoint to resume from, or None for a fresh run."""
-    from xlmkit.train.checkpoint import (clean_checkpoints, config_differences, latest_checkpoint, read_state,
-                                   resumable_checkpoint, write_run_files)
-    from xlmkit.train.metrics import METRICS_FILE, truncate_metrics
-    from xlmkit.core.runtime import barrier, broadcast_object
+def check_resume(ckpt: Path, state: dict, cfg: Config, vocab: dict, out_dir: Path, dist) -> None:
+    """A checkpoint resumes this run only with the same model config and the same data ids."""
+    from xlmkit.train.checkpoint import config_differences
 
-    if dist.is_main:
-        clean_checkpoints(out_dir)
-    barrier(dist)
-    if resume:  # the newest checkpoint that verifies; damaged newer ones are reported and moved aside
-        found = (None, None)  # (checkpoint, error), as rank 0 finds them
-        if dist.is_main:
-            try:
-                p = resumable_checkpoint(out_dir)
-                found = (str(p) if p is not None else None, None)
-            except XlmkitError as e:
-                found = (None, str(e))
-        found = broadcast_object(found, dist)
-        if found[1] is not None:
-            raise XlmkitError(found[1])
-        ckpt = Path(found[0]) if found[0] is not None else None
-    else:
-        ckpt = latest_checkpoint(out_dir)
-    if resume:
-        from xlmkit.interop.compress import refuse_int8
-
-        if (out_dir / "checkpoints").is_dir():
-            refuse_int8(out_dir, "pretrain --resume")
-        if ckpt is None:
-            raise XlmkitError(f"{out_dir}: no checkpoint to resume from; run without --resume to start")
-        state = read_state(ckpt)
-        saved = config_from_dict(state["config"])
-        diffs = config_differences(saved, cfg, ("model",))
-        if diffs:
-            raise XlmkitError(f"cannot resume from {ckpt}: the model config differs: " + "; ".join(diffs)
-                              + f" (pass the original settings, e.g. --config {out_dir / 'config.json'})")
-        saved_vocab = state.get("vocab") or {}
-        for key in ("lang2id", "vocab_size", "specials"):
-            if key in saved_vocab and saved_vocab[key] != vocab[key]:
-                raise XlmkitError(f"cannot resume from {ckpt}: the data's {key} differs from the checkpoint's "
-                                  f"({saved_vocab[key]} != {vocab[key]}); was it prepared differently?")
-        changed = config_differences(saved, cfg, ("train",))
-        if changed and dist.is_main:
-            print("[pretrain] resuming with changed train settings: " + "; ".join(changed))
-    elif ckpt is not None or (out_dir / METRICS_FILE).is_file():
-        raise XlmkitError(f"{out_dir} already holds a run; pass --resume to continue it or choose a new --out")
-    if dist.is_main:
-        write_run_files(out_dir, cfg, vocab, Path(data.root) / "tokenizer.json")
-        if ckpt is not None:
-            truncate_metrics(out_dir, read_state(ckpt)["step"])  # steps after it are trained again
-    barrier(dist)
-    return ckpt if resume else None
+    saved = config_from_dict(state["config"])
+    diffs = config_differences(saved, cfg, ("model",))
+    if diffs:
+        raise XlmkitError(f"cannot resume from {ckpt}: the model config differs: " + "; ".join(diffs)
+                          + f" (pass the original settings, e.g. --config {out_dir / 'config.json'})")
+    saved_vocab = state.get("vocab") or {}
+    for key in ("lang2id", "vocab_size", "specials"):
+        if key in saved_vocab and saved_vocab[key] != vocab[key]:
+            raise XlmkitError(f"cannot resume from {ckpt}: the data's {key} differs from the checkpoint's "
+                              f"({saved_vocab[key]} != {vocab[key]}); was it prepared differently?")
+    changed = config_differences(saved, cfg, ("train",))
+    if changed and dist.is_main:
+        print("[pretrain] resuming with changed train settings: " + "; ".join(changed))
 
 
-def start_profiler(out_dir: Path, device: torch.device):
-    """torch.profiler over a few steps (skip 1, warm up 1, record 3); the trace goes to RUN/profile/."""
-    from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
+class PretrainSamplerChecked:
+    """The pretraining sampler, each batch checked against the vocabulary (a damaged shard or
+    manifest gives one line, not an IndexError deep in the embedding)."""
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    prof = profile(activities=activities, schedule=schedule(wait=1, warmup=1, active=3, repeat=1),
-                   on_trace_ready=tensorboard_trace_handler(str(out_dir / "profile")), record_shapes=True)
-    prof.start()
-    return prof
+    def __init__(self, sampler, data, vocab_size: int) -> None:
+        self.sampler, self.data, self.vocab_size = sampler, data, vocab_size
 
+    def next_batches(self) -> list:
+        batches = self.sampler.next_batches()
+        for batch in batches:
+            check_ids(batch, self.data, self.vocab_size)
+        return batches
 
-def window_means(window: dict[str, list[float]]) -> dict[str, float]:
-    return {k: sum(v) / len(v) for k, v in window.items() if v}
+    def state_dict(self) -> dict:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state)
 
 
 # ----------------------------------------------------------------------------------------------
-# The loop
+# Pretraining: the MLM / TLM / CLM task on the engine
 
 
 def pretrain(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool = False,
@@ -321,18 +256,14 @@ def pretrain(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: boo
     cfg (xlmkit.train.distill: the loss is DistilBERT's, the student starts from the teacher where shapes
     agree). Returns the final metrics:
     {"step", "loss", "ppl/<lang>", "acc/<lang>", ..., "mean_ppl", "best_mean_ppl", "elapsed_s"}."""
-    from tqdm.auto import tqdm
-
-    from xlmkit.train.batches import PretrainSampler
-    from xlmkit.train.checkpoint import (best_dir, best_metric, load_checkpoint, load_weights, prune_checkpoints,
-                                   save_checkpoint, step_dir)
+    from xlmkit.core.runtime import (barrier, choose_precision, init_distributed, pick_device, seed_everything,
+                                     shutdown_distributed)
     from xlmkit.data.format import PreparedData
-    from xlmkit.train.metrics import MetricsLogger
-    from xlmkit.model.encoder import XLMModel
-    from xlmkit.core.runtime import (barrier, broadcast_object, choose_precision, clip_grad_norm, init_distributed,
-                                pick_device, seed_everything, shutdown_distributed, wrap_model)
+    from xlmkit.model.encoder import TransformerLayer, XLMModel
+    from xlmkit.train.batches import PretrainSampler
+    from xlmkit.train.checkpoint import load_weights, write_run_files
+    from xlmkit.train.engine import train
 
-    t0 = time.perf_counter()
     out_dir = Path(out_dir)
     dist = init_distributed(cfg.train.dist_timeout_s, cfg.train.device)
     device = pick_device(cfg.train.device, dist)
@@ -346,7 +277,10 @@ def pretrain(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: boo
     else:
         cfg = resolve_config(cfg, data)
     tcfg = cfg.train
-    resume_from = prepare_run_dir(out_dir, cfg, data, vocab, resume, dist)
+    resume_from = open_run_dir(
+        out_dir, resume, dist, "pretrain",
+        write_files=lambda: write_run_files(out_dir, cfg, vocab, Path(data.root) / "tokenizer.json"),
+        check_resume=lambda ckpt, state: check_resume(ckpt, state, cfg, vocab, out_dir, dist))
 
     seed_everything(tcfg.seed)
     encoder = XLMModel(cfg.model)
@@ -362,108 +296,25 @@ def pretrain(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: boo
                                       tcfg.distill_alpha_mlm, tcfg.distill_alpha_cos)
     else:
         loss_model = PretrainingLoss(encoder)
-    model = wrap_model(loss_model, dist, tcfg.parallel, device)  # to device; before the optimizer (FSDP shards)
-    optimizer = build_optimizer(encoder, tcfg, device)
-    scheduler = build_scheduler(optimizer, tcfg)
     sampler = PretrainSampler(data, tcfg, seed=tcfg.seed, rank=dist.rank, world_size=dist.world_size)
     eval_sets = build_eval_sets(data, tcfg)
     for batch in (b for batches in eval_sets.values() for b in batches):
         check_ids(batch, data, cfg.model.vocab_size)
-    step, elapsed_before, last_valid = 0, 0.0, {}
-    if resume_from is not None:
-        state = load_checkpoint(resume_from, encoder, optimizer, scheduler, device=device, dist=dist,
-                                verify=False)  # verified by prepare_run_dir
-        sampler.load_state_dict(state["sampler"])
-        step = int(state["step"])
-        elapsed_before = float(state["metrics"].get("elapsed_s", 0.0))
-        last_valid = {k: v for k, v in state["metrics"].items() if k not in ("elapsed_s",)}
-    else:
-        seed_everything(tcfg.seed + dist.rank)  # a different dropout stream per process
-    if tcfg.compile:
-        model = torch.compile(model)
-    best = broadcast_object(best_metric(out_dir) if dist.is_main else None, dist)
-    logger = MetricsLogger(out_dir, enabled=dist.is_main, purge_step=step + 1 if resume_from else None)
-    profiler = start_profiler(out_dir, device) if tcfg.profile and dist.is_main else None
+    job = TrainJob(trained=encoder, loss_model=loss_model,
+                   sampler=PretrainSamplerChecked(sampler, data, cfg.model.vocab_size),
+                   evaluate=lambda model: evaluate(loss_model, eval_sets, tcfg, device, dist),
+                   cfg=cfg, vocab=vocab, layer_types=(TransformerLayer,))
     if dist.is_main:
         print(f"[pretrain] {precision_note}")  # once the run has started: a refused run says only why
         n_params = sum(p.numel() for p in encoder.parameters())
         print(f"[pretrain] {n_params / 1e6:.2f}M parameters on {device} ({tcfg.precision}); objectives "
               f"{', '.join(sampler.objectives)}; {dist.world_size} process(es); run dir {out_dir}")
-
-    if step == 0:  # where validation starts from, for the curves
-        last_valid = evaluate(loss_model, eval_sets, cfg.train, device, dist)
-        logger.log({"step": 0, "split": "valid", **last_valid})
-
-    def elapsed() -> float:
-        return elapsed_before + time.perf_counter() - t0
-
-    window: dict[str, list[float]] = defaultdict(list)
-    window_tokens, window_start = 0, time.perf_counter()
-    last_train: dict[str, float] = {}
-    bar = tqdm(total=tcfg.max_steps, initial=step, disable=not dist.is_main, dynamic_ncols=True, desc="pretrain")
-    model.train()
-    try:
-        while step < tcfg.max_steps:
-            # -- one optimizer step: every objective's batch, in micro-batches ----------------------
-            batches = sampler.next_batches()
-            step_loss = 0.0
-            for i, batch in enumerate(batches):
-                check_ids(batch, data, cfg.model.vocab_size)
-                loss = train_on_batch(model, batch, tcfg, device, dist, sync=i == len(batches) - 1)
-                if not math.isfinite(loss):
-                    raise XlmkitError(f"the {batch.objective} loss on {batch.task} is {loss} at step {step + 1}; "
-                                      f"try a lower train.lr, more train.warmup_steps or train.precision=fp32")
-                window[f"loss_{batch.objective}_{batch.task}"].append(loss)
-                window_tokens += batch.n_tokens * dist.world_size
-                step_loss += loss
-            grad_norm = clip_grad_norm(encoder.parameters(), tcfg.clip_norm if tcfg.clip_norm > 0 else float("inf"))
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            window["loss"].append(step_loss)
-            window["grad_norm"].append(float(grad_norm))
-            if profiler is not None:
-                profiler.step()
-
-            # -- logging, evaluation, checkpoints ---------------------------------------------------
-            if step % tcfg.log_every == 0 or step == tcfg.max_steps:
-                now = time.perf_counter()
-                last_train = window_means(window)
-                record = {"step": step, "split": "train", **last_train, "lr": lr,
-                          "tokens_per_s": window_tokens / max(now - window_start, 1e-9), "elapsed_s": elapsed()}
-                logger.log(record)
-                bar.set_postfix(loss=f"{last_train['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
-                window.clear()
-                window_tokens, window_start = 0, now
-            bar.update(1)
-            pause_start = time.perf_counter()  # evaluation and checkpoints do not count in tokens_per_s
-            if step % tcfg.eval_every == 0 or step == tcfg.max_steps:
-                last_valid = evaluate(loss_model, eval_sets, tcfg, device, dist)
-                logger.log({"step": step, "split": "valid", **last_valid})
-                mean_ppl = last_valid.get("mean_ppl")
-                if mean_ppl is not None and (best is None or mean_ppl < best):  # every rank: collective
-                    best = mean_ppl
-                    save_checkpoint(best_dir(out_dir), model=encoder, cfg=cfg, step=step, vocab=vocab,
-                                    metrics={**last_valid, "elapsed_s": elapsed()}, dist=dist)
-            if step % tcfg.save_every == 0 or step == tcfg.max_steps:
-                save_checkpoint(step_dir(out_dir, step), model=encoder, cfg=cfg, step=step, optimizer=optimizer,
-                                scheduler=scheduler, sampler_state=sampler.state_dict(), vocab=vocab,
-                                metrics={**last_valid, "elapsed_s": elapsed()}, dist=dist)
-                if dist.is_main:
-                    prune_checkpoints(out_dir, tcfg.keep_last)
-            window_start += time.perf_counter() - pause_start
-    finally:
-        bar.close()
-        if profiler is not None:
-            profiler.stop()
-        logger.close()
+    result = train(job, loop_config(tcfg), optim_config(tcfg), out_dir, dist, device, resume_from=resume_from)
     barrier(dist)
     shutdown_distributed()
-    return {"step": step, **({"loss": last_train["loss"]} if "loss" in last_train else {}),
-            **{k: v for k, v in last_valid.items() if k != "elapsed_s"}, "best_mean_ppl": best,
-            "elapsed_s": elapsed()}
+    return {"step": result.step, **({"loss": result.last_train["loss"]} if "loss" in result.last_train else {}),
+            **{k: v for k, v in result.last_eval.items() if k != "elapsed_s"},
+            "best_mean_ppl": result.best.get("mean_ppl"), "elapsed_s": result.elapsed_s}
 
 
 # ----------------------------------------------------------------------------------------------
