@@ -245,6 +245,52 @@ class FinetuneConfig:
         _check(self.dist_timeout_s >= 1, f"finetune.dist_timeout_s must be >= 1, got {self.dist_timeout_s}")
 
 
+def _lambda_ok(spec: str) -> bool:
+    """XLM's lambda schedule: a constant ("1", "0.1") or "step:value,step:value,..." (linear between)."""
+    try:
+        if ":" not in spec:
+            return float(spec) >= 0
+        points = [tuple(float(x) for x in part.split(":")) for part in spec.split(",")]
+        steps = [p[0] for p in points]
+        return all(len(p) == 2 and p[1] >= 0 for p in points) and steps == sorted(steps) and steps[0] == 0
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class TranslateConfig:
+    """Machine translation (`xlmkit train-mt`; Lample & Conneau 2019, section 5): the step mix of
+    supervised (mt), denoising (ae) and back-translation (bt) steps. Optimisation, batch size,
+    evaluation and checkpoints come from the train section, as in pretraining."""
+
+    # mt: directions "de-en" trained on the parallel text; () = both directions of every pair; "none" = off
+    mt_steps: tuple[str, ...] = ()
+    # ae: languages denoised (C(x) -> x); () = every language with monolingual text; "none" = off
+    ae_steps: tuple[str, ...] = ("none",)
+    # bt: directions "en-fr": monolingual en is translated to fr by the model, fr -> en is trained
+    bt_steps: tuple[str, ...] = ("none",)
+    lambda_mt: str = "1"  # weight of each objective's loss, XLM's schedule syntax "0:1,100000:0.1"
+    lambda_ae: str = "1"
+    lambda_bt: str = "1"
+    word_shuffle: float = 3.0  # ae noise (Lample et al. 2018; XLM's defaults)
+    word_dropout: float = 0.1
+    word_blank: float = 0.1
+    max_len: int = 100  # ids per side, framing included; longer sentences are cut
+    eval_sentences: int = 200  # BLEU / chrF on the first N valid pairs of each direction
+    beam_size: int = 1  # of the evaluation decoding
+    length_penalty: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("lambda_mt", "lambda_ae", "lambda_bt"):
+            _check(_lambda_ok(getattr(self, name)),
+                   f"mt.{name} must be a number >= 0 or 'step:value,...' from step 0, got {getattr(self, name)!r}")
+        _check(self.word_shuffle >= 0 and 0 <= self.word_dropout < 1 and 0 <= self.word_blank < 1,
+               "mt.word_shuffle must be >= 0, mt.word_dropout and mt.word_blank in [0, 1)")
+        _check(self.max_len >= 4, f"mt.max_len must be >= 4, got {self.max_len}")
+        _check(self.eval_sentences >= 0, f"mt.eval_sentences must be >= 0, got {self.eval_sentences}")
+        _check(self.beam_size >= 1, f"mt.beam_size must be >= 1, got {self.beam_size}")
+
+
 @dataclass(frozen=True)
 class Config:
     preset: str = "base"
@@ -252,9 +298,10 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    mt: TranslateConfig = field(default_factory=TranslateConfig)
 
 
-SECTIONS = ("prepare", "model", "train", "finetune")
+SECTIONS = ("prepare", "model", "train", "finetune", "mt")
 
 # Presets: `tiny` runs every command on CPU in seconds (tests use it), `small` trains something
 # meaningful on CPU in minutes, `base` is XLM-base-like (Lample & Conneau 2019 used D=1024 for XLM-15).
