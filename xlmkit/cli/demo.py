@@ -21,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None,
                         help="raw text directory ({lang}.txt, {a}-{b}.{a}); default: a built-in generated corpus")
     parser.add_argument("--steps", type=int, default=None, help="pretraining steps (default: the preset's)")
+    parser.add_argument("--mt-steps", type=int, default=150,
+                        help="translation steps (en <-> fr) from the pretrained model; 0 = skip (default 150)")
     add_config_arguments(parser, default="tiny")
 
 
@@ -52,8 +54,43 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(run_dir)
     pretrain(cfg, data_dir, run_dir)
     _print_summary(out / "run" / "metrics.jsonl")
+    if args.mt_steps > 0:
+        _translation(cfg, data_dir, run_dir, out / "mt", args.mt_steps)
     print(f"[demo] done: run directory {out / 'run'} (try `xlmkit info {out / 'run'}`)")
     return 0
+
+
+def _translation(cfg, data_dir: Path, run_dir: Path, mt_dir: Path, steps: int) -> None:
+    """A few seconds of en <-> fr translation from the pretrained run (xlmkit train-mt), and one held-out
+    sentence translated before and after."""
+    import dataclasses
+
+    from xlmkit.core.config import TranslateConfig
+    from xlmkit.data.format import PreparedData
+    from xlmkit.tasks.translation import load_translator, train_translation, translate, translator_from_pretrained
+
+    data = PreparedData(data_dir)
+    pair = next((p for p in data.pairs if set(p.split("-")) == {"en", "fr"}), None)
+    if pair is None or data.count("para", pair, "valid") == 0:
+        print("[demo] no en-fr parallel text: translation skipped")
+        return
+    side = data.para(pair, "valid")[0 if pair.startswith("en") else 1]
+    tokenizer = data.tokenizer
+    sentence = tokenizer.decode(side.sentence(0).tolist())
+    before = translate(translator_from_pretrained(run_dir), [sentence], "en", "fr", beam_size=1).lines[0]
+    mt_cfg = dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, max_steps=steps, eval_every=steps, save_every=steps, log_every=10,
+                                       warmup_steps=min(cfg.train.warmup_steps, steps)),
+        mt=TranslateConfig(mt_steps=("en-fr", "fr-en"), eval_sentences=50, max_len=64))
+    if (mt_dir / "config.json").is_file():
+        shutil.rmtree(mt_dir)
+    final = train_translation(mt_cfg, data_dir, mt_dir, init=run_dir)
+    after = translate(load_translator(mt_dir), [sentence], "en", "fr", beam_size=5).lines[0]
+    print(f"[demo] translation en -> fr after {steps} steps ({final['elapsed_s']:.0f}s; valid BLEU en-fr "
+          f"{final.get('bleu/en-fr', float('nan')):.1f}, fr-en {final.get('bleu/fr-en', float('nan')):.1f}):")
+    print(f"  source: {sentence}")
+    print(f"  before: {before}")
+    print(f"  after:  {after}")
 
 
 def _print_summary(metrics_path: Path) -> None:

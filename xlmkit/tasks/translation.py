@@ -535,6 +535,27 @@ def load_translator(run: str | Path, which: str = "best", device: str = "auto", 
                       model.encoder.lang_embeddings is not None, dev, precision, ckpt)
 
 
+def translator_from_pretrained(run: str | Path, device: str = "cpu", precision: str = "fp32",
+                               max_len: int = 100) -> Translator:
+    """The encoder-decoder that `train-mt --init RUN` starts from, untrained for translation (its
+    cross-attention is random): what a translation looks like before any mt step."""
+    from xlmkit.core.integrity import open_tokenizer
+    from xlmkit.core.runtime import pick_device
+    from xlmkit.model.decoder import EncoderDecoder
+    from xlmkit.train.checkpoint import load_model
+
+    loaded = load_model(run, device="cpu")
+    model = EncoderDecoder.from_encoder(loaded.model)
+    dev = pick_device(device)
+    model.to(dev).eval()
+    tokenizer = open_tokenizer(loaded.tokenizer_path)
+    lang2id = dict(loaded.vocab.get("lang2id") or {})
+    directions = tuple(f"{a}-{b}" for a in lang2id for b in lang2id if a != b)
+    return Translator(model, framing_of(loaded.vocab, tokenizer, min(max_len, loaded.config.model.max_positions)),
+                      tokenizer, directions, lang2id, model.encoder.lang_embeddings is not None, dev, precision,
+                      loaded.path)
+
+
 def check_direction(tr: Translator, src: str, tgt: str) -> None:
     from xlmkit.core.langs import canonical_lang
 
