@@ -82,3 +82,16 @@ def test_cli_pooling_choices_are_the_libraries():
     from xlmkit.tasks.finetune import POOLINGS as LIBRARY_POOLINGS
 
     assert POOLINGS == LIBRARY_POOLINGS
+
+
+def test_info_never_imports_torch(tmp_path):
+    """`xlmkit info` answers at once: its command module and the library it calls load no torch."""
+    script = ("import sys\n"
+              "from xlmkit.cli.main import main\n"
+              f"rc = main(['info', {str(tmp_path / 'missing')!r}])\n"
+              "assert rc == 2, rc\n"
+              "assert 'torch' not in sys.modules, 'torch imported'\n"
+              "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok" and "no such directory" in out.stderr
