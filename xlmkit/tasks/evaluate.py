@@ -282,7 +282,7 @@ def evaluate_language(ft_model, encoder, examples: list[Example], labels: Sequen
 
 
 def evaluate(model: str | Path, data: str | Path | Sequence[str | Path], out: str | Path, task: str | None = None,
-             train_lang: str | None = None, langs: Sequence[str] | None = None, which: str = "best",
+             train_lang: str | None = None, langs: str | Sequence[str] | None = None, which: str = "best",
              config: str | Path | None = None, overrides: Sequence[str] = (), pooling: str = "mean",
              unknown_lang_id: str | None = None, train_fraction: float = 0.8, dev_fraction: float = 0.1,
              test_all: bool = False, train_split: str = "train", test_split: str = "test",
@@ -297,6 +297,8 @@ def evaluate(model: str | Path, data: str | Path | Sequence[str | Path], out: st
 
     t0 = time.time()
     out = Path(out)
+    if isinstance(langs, str):  # "de,fr" as the command line gives it
+        langs = [x for x in langs.split(",") if x.strip()]
     langs = [canonical_lang(x) for x in langs] if langs is not None else None
     overrides = list(overrides)
     if is_finetuned_dir(model):

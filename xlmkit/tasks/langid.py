@@ -83,7 +83,7 @@ def split_language(path: Path, lines: list[str], lang: str, test_fraction: float
     return out[0], out[1], out[2]
 
 
-def langid(model: str | Path, data: str | Path, out: str | Path, langs: Sequence[str] | None = None,
+def langid(model: str | Path, data: str | Path, out: str | Path, langs: str | Sequence[str] | None = None,
            all_langs: bool = False, test_fraction: float = 0.2, dev_fraction: float = 0.1, max_per_lang: int = 0,
            seed: int = 0, which: str = "best", config: str | Path | None = None, overrides: Sequence[str] = (),
            pooling: str = "mean") -> dict[str, Any]:
@@ -103,6 +103,8 @@ def langid(model: str | Path, data: str | Path, out: str | Path, langs: Sequence
     available = read_langid_dir(data)
     if not available:
         raise DataError(f"{data}: no {{lang}}.txt files")
+    if isinstance(langs, str):  # "de,fr" as the command line gives it
+        langs = [x for x in langs.split(",") if x.strip()]
     if langs is not None:
         langs = sorted({canonical_lang(x) for x in langs})
         missing = [lang for lang in langs if lang not in available]

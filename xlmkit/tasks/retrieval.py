@@ -433,9 +433,11 @@ def _default_out(model_path: Path, data_dir: Path, random_init: bool, centered: 
     return base / "eval" / name
 
 
-def _parse_langs(langs: Sequence[str] | None) -> list[str] | None:
+def _parse_langs(langs: str | Sequence[str] | None) -> list[str] | None:
     if langs is None:
         return None
+    if isinstance(langs, str):  # "deu,fra" as the command line gives it
+        langs = langs.split(",")
     out = []
     for part in langs:
         if part.strip():
@@ -472,8 +474,9 @@ def embed_file(model: str | Path, input_file: str | Path, lang: str, out: str | 
     return emb
 
 
-def retrieve(model: str | Path, data: str | Path, out: str | Path | None = None, langs: Sequence[str] | None = None,
-             pivot: str = "en", both_directions: bool = False, centered: bool = False, max_sentences: int = 0, *,
+def retrieve(model: str | Path, data: str | Path, out: str | Path | None = None,
+             langs: str | Sequence[str] | None = None, pivot: str = "en", both_directions: bool = False,
+             centered: bool = False, max_sentences: int = 0, *,
              which: str = "best", layer: int = -1, batch_size: int = 64, max_len: int | None = None,
              device: str = "auto", precision: str = "auto", wrap: str = "auto", unknown_lang_id: str | None = None,
              random_init: bool = False, seed: int = 0, onnx: str | Path | None = None) -> dict:
