@@ -51,7 +51,6 @@ from typing import Any, Sequence
 from xlmkit.core.errors import DataError, XlmkitError
 from xlmkit.core.langs import canonical_lang
 from xlmkit.tasks.io import (
-    TASKS,
     Example,
     check_labels,
     group_by_lang,
