@@ -323,3 +323,20 @@ def test_pair_task_trains_and_saves(tiny_random_run, tmp_path):
     data, _ = TaskEncoder(ftm.tokenizer, ftm.vocab, ftm.spec, ftm.model.encoder).encode(exs[16:])
     assert predict(ftm.model, data, 1, 8, torch.device("cpu"), "fp32") == \
         predict(res.model, data, 1, 8, torch.device("cpu"), "fp32")
+
+
+def test_finetune_and_zero_shot_evaluate_from_python(tiny_random_run, tmp_path):
+    """The commands' typed functions: no argparse, results returned as well as written."""
+    from xlmkit.tasks.evaluate import evaluate
+    from xlmkit.tasks.finetune import finetune_run
+
+    data = write_pos_jsonl(tmp_path / "pos", 40, seed=1)
+    settings = ["finetune.epochs=1", "finetune.precision=fp32"]
+    result = finetune_run(tiny_random_run, [data / "en.jsonl"], tmp_path / "ft", task="token", overrides=settings)
+    assert result.spec.task == "token" and (tmp_path / "ft" / "task.json").is_file()
+    res = evaluate(tiny_random_run, data, tmp_path / "eval", task="token", train_lang="eng", langs=["de"],
+                   train_fraction=0.75, overrides=settings)
+    assert res == json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert list(res["languages"]) == ["en", "de"] and res["train_lang"] == "en"
+    with pytest.raises(ConfigError, match="only finetune"):
+        finetune_run(tiny_random_run, data / "en.jsonl", tmp_path / "x", overrides=["model.dim=32"])

@@ -82,3 +82,17 @@ def test_langid_all_langs_and_errors(tiny_random_run, langid_dir, tmp_path, caps
     (only_es / "es.txt").write_text("hola\n")
     rc = main(["langid", "--model", str(tiny_random_run), "--data", str(only_es), "--out", str(tmp_path / "y")])
     assert rc == 2 and "need at least 2" in capsys.readouterr().err
+
+
+def test_langid_from_python(tiny_random_run, langid_dir, tmp_path):
+    """`langid` is a typed function: the command without argparse, its results returned."""
+    from xlmkit.tasks.langid import langid
+
+    out = tmp_path / "lid"
+    res = langid(tiny_random_run, langid_dir, out, langs=["eng", "es"], test_fraction=0.25, max_per_lang=20,
+                 overrides=["finetune.epochs=1", "finetune.precision=fp32"])
+    assert res == json.loads((out / "results.json").read_text())
+    assert res["languages"] == ["en", "es"] and res["split"]["max_per_lang"] == 20
+    assert sum(res["confusion_matrix"]["rows_true_cols_pred"][0]) == 5
+    with pytest.raises(DataError, match="no file for language"):
+        langid(tiny_random_run, langid_dir, tmp_path / "x", langs=["it"])

@@ -315,3 +315,19 @@ def test_retrieve_errors(tiny_run, parallel_dir, tmp_path, capsys):
     (bad / "en-fr.en").write_text("a\n", encoding="utf-8")
     assert main(["retrieve", "--model", str(tiny_run), "--data", str(bad), "--device", "cpu"]) == 2
     assert "line-aligned" in capsys.readouterr().err
+
+
+def test_embed_and_retrieve_from_python(dictionary_run, parallel_dir, tmp_path):
+    """`embed_file` and `retrieve` are typed functions: the commands without argparse."""
+    from xlmkit.core.errors import XlmkitError
+    from xlmkit.tasks.retrieval import embed_file, retrieve
+
+    emb = embed_file(dictionary_run, parallel_dir / "en-de.de", "deu", tmp_path / "de.npy", device="cpu", layer=0)
+    assert np.array_equal(np.load(tmp_path / "de.npy"), emb) and emb.dtype == np.float32
+    res = retrieve(dictionary_run, parallel_dir, tmp_path / "ret", langs=["deu", "es"], centered=True,
+                   max_sentences=30, device="cpu", layer=0)
+    assert [r["lang"] for r in res["rows"]] == ["de"] and res["rows"][0]["n"] == 30
+    assert any(n.startswith("es (es): skipped") for n in res["notes"])
+    assert json.loads(res["json"].read_text())["rows"] == res["rows"]
+    with pytest.raises(XlmkitError, match="must end in .npy"):
+        embed_file(dictionary_run, parallel_dir / "en-de.de", "de", tmp_path / "de.txt")

@@ -4,6 +4,9 @@ Without arguments: writes a small generated en/fr/de corpus with en-fr and en-de
 (xlmkit.data.synthetic), prepares it (shared tokenizer, shards), pretrains a `tiny` XLM with MLM + TLM,
 and prints validation perplexity per language before and after. With `--data-dir` it runs the same
 on real text (e.g. `--data-dir ../shared/data --config small`).
+
+    from xlmkit.cli.demo import demo
+    final = demo("runs/demo", steps=50)
 """
 
 from __future__ import annotations
@@ -12,52 +15,47 @@ import argparse
 import json
 import shutil
 from pathlib import Path
+from typing import Sequence
 
-from xlmkit.core.config import add_config_arguments, config_from_args
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
-    parser.add_argument("--data-dir", default=None,
-                        help="raw text directory ({lang}.txt, {a}-{b}.{a}); default: a built-in generated corpus")
-    parser.add_argument("--steps", type=int, default=None, help="pretraining steps (default: the preset's)")
-    parser.add_argument("--mt-steps", type=int, default=150,
-                        help="translation steps (en <-> fr) from the pretrained model; 0 = skip (default 150)")
-    add_config_arguments(parser, default="tiny")
+from xlmkit.cli.options import add_config_arguments
 
 
-def run(args: argparse.Namespace) -> int:
+def demo(out: str | Path = "runs/demo", data_dir: str | Path | None = None, steps: int | None = None,
+         config: str = "tiny", overrides: Sequence[str] = (), mt_steps: int = 150) -> dict:
+    """Prepare `data_dir` (default: a generated corpus) into OUT/data, pretrain OUT/run on it, then
+    train en <-> fr translation from it for `mt_steps` steps (OUT/mt; 0 = skip); returns pretraining's
+    final metrics. `steps` sets train.max_steps."""
+    from xlmkit.core.config import load_config
     from xlmkit.data.prepare import prepare_data
     from xlmkit.train.pretrain import pretrain
 
-    overrides = list(args.overrides)
-    if args.steps is not None:
-        overrides.append(f"train.max_steps={args.steps}")
-    if args.data_dir is None and not any(o.startswith("prepare.vocab_size=") for o in overrides):
+    overrides = list(overrides)
+    if steps is not None:
+        overrides.append(f"train.max_steps={steps}")
+    if data_dir is None and not any(o.startswith("prepare.vocab_size=") for o in overrides):
         # The generated corpus has a few hundred distinct words: a larger vocabulary cannot be learnt from it.
         overrides.insert(0, "prepare.vocab_size=150")
-    args.overrides = overrides
-    cfg = config_from_args(args)
-    out = Path(args.out)
-    if args.data_dir is None:
+    cfg = load_config(config, overrides)
+    out = Path(out)
+    if data_dir is None:
         from xlmkit.data.synthetic import write_corpus
 
         corpus = write_corpus(out / "corpus", n_mono=3000, n_para=1500, seed=cfg.prepare.seed)
         print(f"[demo] built-in corpus (en, fr, de; en-fr, en-de) written to {corpus}")
     else:
-        corpus = Path(args.data_dir)
-    data_dir = prepare_data(cfg.prepare, out / "data", data_dir=corpus)
-    print(f"[demo] prepared data in {data_dir}")
+        corpus = Path(data_dir)
+    prepared = prepare_data(cfg.prepare, out / "data", data_dir=corpus)
+    print(f"[demo] prepared data in {prepared}")
     run_dir = out / "run"
     if (run_dir / "config.json").is_file():  # the demo's own earlier run: start it again from scratch
         print(f"[demo] replacing the earlier demo run in {run_dir}")
         shutil.rmtree(run_dir)
-    pretrain(cfg, data_dir, run_dir)
+    final = pretrain(cfg, prepared, run_dir)
     _print_summary(out / "run" / "metrics.jsonl")
-    if args.mt_steps > 0:
-        _translation(cfg, data_dir, run_dir, out / "mt", args.mt_steps)
+    if mt_steps > 0:
+        _translation(cfg, prepared, run_dir, out / "mt", mt_steps)
     print(f"[demo] done: run directory {out / 'run'} (try `xlmkit info {out / 'run'}`)")
-    return 0
+    return final
 
 
 def _translation(cfg, data_dir: Path, run_dir: Path, mt_dir: Path, steps: int) -> None:
@@ -102,3 +100,22 @@ def _print_summary(metrics_path: Path) -> None:
     print(f"[demo] validation perplexity, step {first['step']} -> step {last['step']}:")
     for k in keys:
         print(f"  {k[4:]:>8}: {first.get(k, float('nan')):10.2f} -> {last[k]:10.2f}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
+    parser.add_argument("--data-dir", default=None,
+                        help="raw text directory ({lang}.txt, {a}-{b}.{a}); default: a built-in generated corpus")
+    parser.add_argument("--steps", type=int, default=None, help="pretraining steps (default: the preset's)")
+    parser.add_argument("--mt-steps", type=int, default=150,
+                        help="translation steps (en <-> fr) from the pretrained model; 0 = skip (default 150)")
+    add_config_arguments(parser, default="tiny")
+
+
+def run(args: argparse.Namespace) -> int:
+    demo(args.out, args.data_dir, args.steps, args.config, args.overrides, args.mt_steps)
+    return 0

@@ -1,7 +1,10 @@
-"""The `xlmkit` command: one subcommand per module.
+"""The `xlmkit` command: a table of subcommands, one small module of xlmkit.cli each.
 
-Only the chosen subcommand's module is imported, so `xlmkit info` starts in milliseconds and never
-loads torch. Each module exposes `add_arguments(parser)` and `run(args) -> int`.
+Each command module reads its arguments (argparse lives only in xlmkit.cli) and calls the command's
+typed function in the library with explicit parameters (README, "Python API"). It exposes
+`add_arguments(parser)` (or `add_arguments_for(name, parser)` when it serves two commands) and
+`run(args) -> int`. Only the chosen subcommand's module is imported, so `xlmkit info` starts in
+milliseconds and never loads torch.
 """
 
 from __future__ import annotations
@@ -10,28 +13,28 @@ import argparse
 import importlib
 import sys
 
-# name -> (module, one-line help)
+# name -> (command module of xlmkit.cli, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("xlmkit.cli.demo", "the main job on a built-in default: prepare data, then a short pretraining"),
-    "prepare": ("xlmkit.data.prepare", "clean raw text, train a shared tokenizer, write token shards + manifest"),
+    "prepare": ("xlmkit.cli.prepare", "clean raw text, train a shared tokenizer, write token shards + manifest"),
     "train-tokenizer": ("xlmkit.cli.train_tokenizer", "train only the shared tokenizer on raw text"),
-    "info": ("xlmkit.report.info", "summarise a prepared data directory or a run directory"),
-    "pretrain": ("xlmkit.train.pretrain", "pretrain with MLM / TLM / CLM on prepared data"),
+    "info": ("xlmkit.cli.info", "summarise a prepared data directory or a run directory"),
+    "pretrain": ("xlmkit.cli.pretrain", "pretrain with MLM / TLM / CLM on prepared data"),
     "train-mt": ("xlmkit.cli.translate", "train a translation model: mt / ae / bt steps, from a pretrained run"),
     "translate": ("xlmkit.cli.translate", "translate a file or stdin line by line with a train-mt run"),
     "evaluate-mt": ("xlmkit.cli.translate", "sacreBLEU and chrF of a train-mt run on a test set"),
-    "finetune": ("xlmkit.tasks.finetune", "fine-tune a pretrained model on a classification or tagging task"),
-    "evaluate": ("xlmkit.tasks.evaluate", "zero-shot cross-lingual evaluation: train on one language, test on all"),
-    "embed": ("xlmkit.tasks.retrieval", "sentence embeddings of a text file"),
-    "retrieve": ("xlmkit.tasks.retrieval", "bitext retrieval accuracy (Tatoeba protocol)"),
-    "langid": ("xlmkit.tasks.langid", "train and evaluate a language identifier"),
-    "report": ("xlmkit.report.render", "plots and tables of a run"),
-    "quantize": ("xlmkit.interop.compress", "int8 copy of a run (Linear layers and embeddings), loaded by every inference command"),
-    "trim-vocab": ("xlmkit.interop.compress", "copy of a run keeping only the vocabulary of given text or languages"),
-    "distill": ("xlmkit.train.distill", "distil a pretrained run into a smaller student (DistilBERT's loss)"),
-    "export-onnx": ("xlmkit.interop.onnx", "export an encoder (and a fine-tuned head) to ONNX"),
-    "export": ("xlmkit.interop.hf", "export a run to a Hugging Face transformers directory"),
-    "import": ("xlmkit.interop.hf", "import a local transformers XLM / XLM-R checkpoint as an xlmkit run"),
+    "finetune": ("xlmkit.cli.finetune", "fine-tune a pretrained model on a classification or tagging task"),
+    "evaluate": ("xlmkit.cli.evaluate", "zero-shot cross-lingual evaluation: train on one language, test on all"),
+    "embed": ("xlmkit.cli.retrieval", "sentence embeddings of a text file"),
+    "retrieve": ("xlmkit.cli.retrieval", "bitext retrieval accuracy (Tatoeba protocol)"),
+    "langid": ("xlmkit.cli.langid", "train and evaluate a language identifier"),
+    "report": ("xlmkit.cli.report", "plots and tables of a run"),
+    "quantize": ("xlmkit.cli.compress", "int8 copy of a run (Linear layers and embeddings), loaded by every inference command"),
+    "trim-vocab": ("xlmkit.cli.compress", "copy of a run keeping only the vocabulary of given text or languages"),
+    "distill": ("xlmkit.cli.distill", "distil a pretrained run into a smaller student (DistilBERT's loss)"),
+    "export-onnx": ("xlmkit.cli.export_onnx", "export an encoder (and a fine-tuned head) to ONNX"),
+    "export": ("xlmkit.cli.hf", "export a run to a Hugging Face transformers directory"),
+    "import": ("xlmkit.cli.hf", "import a local transformers XLM / XLM-R checkpoint as an xlmkit run"),
 }
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 def add_arguments_for(name: str, parser: argparse.ArgumentParser) -> None:
-    from xlmkit.core.config import add_config_arguments
+    from xlmkit.cli.options import add_config_arguments
 
     if name == "train-mt":
         parser.add_argument("--data", required=True, help="prepared data directory (from `xlmkit prepare`)")
@@ -82,7 +82,7 @@ def _translate(args, lines: list[str], where: str):
 
 def run(args: argparse.Namespace) -> int:
     if args.command == "train-mt":
-        from xlmkit.core.config import config_from_args
+        from xlmkit.cli.options import config_from_args
         from xlmkit.core.runtime import dist_info_from_env, distributed_errors
         from xlmkit.tasks.translation import train_translation
 

@@ -9,7 +9,6 @@ settings: they are computed once from the prepared data's manifest and passed ex
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -511,13 +510,3 @@ def save_config(cfg: Config, path: str | Path) -> None:
     tmp.write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n", encoding="utf-8")
     tmp.replace(path)
 
-
-def add_config_arguments(parser: argparse.ArgumentParser, default: str = "tiny") -> None:
-    parser.add_argument("--config", default=default,
-                        help=f"preset ({', '.join(PRESETS)}) or a .toml/.yaml file (default: {default})")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one setting, e.g. --set train.lr=3e-4 (repeatable)")
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-    return load_config(args.config, args.overrides)

@@ -21,7 +21,6 @@ manifest and returns at once ("up to date").
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import itertools
 import json
@@ -877,59 +876,3 @@ def train_tokenizer_only(cfg: PrepareConfig, out_dir: str | Path, mono=None, par
     _log(progress, f"xlmkit train-tokenizer: wrote {out / 'tokenizer.json'} (vocab {tok.get_vocab_size()})")
     return out / "tokenizer.json"
 
-
-# ----------------------------------------------------------------------------------------------
-# Command line
-
-
-def add_input_arguments(parser: argparse.ArgumentParser) -> None:
-    from xlmkit.core.config import add_config_arguments
-
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--data-dir", action="append", default=None,
-                        help="folder with {lang}.txt and [name.]{a}-{b}.{a}/.{b} files (also looked for in its "
-                             "mono/ and parallel/ subfolders); repeatable")
-    parser.add_argument("--mono", action="append", default=[], metavar="LANG=PATH",
-                        help="a monolingual text file, one sentence per line (repeatable, also for one language: "
-                             "its corpora are used together)")
-    parser.add_argument("--para", action="append", default=[], metavar="A-B=PATH_A,PATH_B",
-                        help="line-aligned parallel files (repeatable, also for one pair)")
-    parser.add_argument("--quiet", action="store_true", help="no progress output")
-    add_config_arguments(parser)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_input_arguments(parser)
-    parser.add_argument("--tokenizer", metavar="RUN_OR_TOKENIZER_JSON",
-                        help="reuse this run's tokenizer and its ids (RUN/tokenizer.json + RUN/vocab.json) instead "
-                             "of training one, e.g. to continue pretraining a run made by `xlmkit import`")
-
-
-def inputs_from_args(args: argparse.Namespace) -> tuple[dict, dict]:
-    """--mono/--para values -> {code: [files]} dicts, codes as given (duplicate text is caught by resolve_sources)."""
-    mono: dict[str, list[Path]] = {}
-    for item in args.mono:
-        code, sep, path = item.partition("=")
-        if not sep or not code or not path:
-            raise DataError(f"--mono {item!r}: expected LANG=PATH, e.g. --mono en=en.txt")
-        mono.setdefault(code, []).append(Path(path))
-    para: dict[str, list[tuple[Path, Path]]] = {}
-    for item in args.para:
-        code, sep, paths = item.partition("=")
-        files = paths.split(",")
-        if not sep or not code or len(files) != 2 or not all(files):
-            raise DataError(f"--para {item!r}: expected A-B=PATH_A,PATH_B, e.g. --para en-fr=train.en,train.fr")
-        para.setdefault(code, []).append((Path(files[0]), Path(files[1])))
-    if not mono and not para and not args.data_dir:
-        raise DataError("no input text: give --data-dir, --mono LANG=PATH or --para A-B=PATH_A,PATH_B")
-    return mono, para
-
-
-def run(args: argparse.Namespace) -> int:
-    from xlmkit.core.config import config_from_args
-
-    cfg = config_from_args(args)
-    mono, para = inputs_from_args(args)
-    prepare_data(cfg.prepare, args.out, mono, para, args.data_dir, progress=not args.quiet,
-                 tokenizer=getattr(args, "tokenizer", None))
-    return 0

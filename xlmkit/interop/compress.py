@@ -30,10 +30,8 @@ logits are the old ones restricted to the kept ids (tested). Pieces outside the 
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
-import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -231,6 +229,28 @@ def task_accuracy(path: str | Path, examples) -> float:
     return dev_metric(score(examples, preds, list(ftm.spec.labels)))[1]
 
 
+def quantize(src: str | Path, out: str | Path, which: str = "best", text: str | Path | None = None,
+             lang: str = "en", dev: str | Path | None = None) -> dict:
+    """`xlmkit quantize`: `quantize_run`, then compare the int8 copy with its source: with `text` (one
+    sentence a line, language `lang`) their sentence embeddings -> "embeddings" (`embedding_agreement`);
+    with `dev` (task files; a fine-tuned run) their main dev metric -> "dev": {"fp32", "int8"}."""
+    info = quantize_run(src, out, which)
+    if text:
+        from xlmkit.tasks.retrieval import read_lines
+
+        info["embeddings"] = embedding_agreement(src, out, read_lines(text), lang)
+    if dev:
+        from xlmkit.tasks.finetune import is_finetuned_dir
+        from xlmkit.tasks.io import read_task_files
+
+        if not is_finetuned_dir(src):
+            raise XlmkitError(f"--dev needs a fine-tuned run; {src} has no task.json")
+        task = json.loads((Path(src) / "task.json").read_text(encoding="utf-8"))["task"]
+        examples = read_task_files(dev, task)
+        info["dev"] = {"fp32": task_accuracy(src, examples), "int8": task_accuracy(out, examples)}
+    return info
+
+
 # ----------------------------------------------------------------------------------------------
 # Vocabulary trimming
 
@@ -401,65 +421,3 @@ def trim_run(src: str | Path, out: str | Path, text_files: Sequence[str | Path] 
                {"compression": compression, "source": str(src.resolve()), "kept_ids": kept})
     return {"old_vocab": old_v, "new_vocab": len(kept), "fp32_bytes": model_bytes(src, which),
             "trimmed_bytes": model_bytes(out)}
-
-
-# ----------------------------------------------------------------------------------------------
-# CLI
-
-
-def add_arguments_for(name: str, parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", metavar="RUN", help="run directory (pretrained or fine-tuned)")
-    parser.add_argument("--out", required=True, help="output run directory")
-    parser.add_argument("--which", choices=("best", "latest"), default="best", help="checkpoint (default: best)")
-    if name == "quantize":
-        parser.add_argument("--text", default=None,
-                            help="text file (one sentence a line) to compare fp32 and int8 sentence embeddings on")
-        parser.add_argument("--lang", default="en", help="language of --text (default: en)")
-        parser.add_argument("--dev", default=None,
-                            help="fine-tuned run: task file(s) to compare fp32 and int8 accuracy on")
-    elif name == "trim-vocab":
-        group = parser.add_mutually_exclusive_group(required=True)
-        group.add_argument("--text", nargs="+", default=None, help="text files whose pieces to keep")
-        group.add_argument("--langs", default=None,
-                           help="comma-separated languages whose prepared shards (vocab.json data_dir) to keep")
-    else:
-        raise ValueError(f"xlmkit.interop.compress serves quantize and trim-vocab, not {name!r}")
-
-
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.2f} MB"
-
-
-def run(args: argparse.Namespace) -> int:
-    t0 = time.perf_counter()
-    if args.command == "quantize":
-        info = quantize_run(args.run_dir, args.out, args.which)
-        print(f"[quantize] {args.run_dir} -> {args.out}: {info['tensors']} weight matrices in int8; weights "
-              f"{_mb(info['fp32_bytes'])} -> {_mb(info['int8_bytes'])} "
-              f"({100 * info['int8_bytes'] / info['fp32_bytes']:.0f}%)")
-        if args.text:
-            from xlmkit.tasks.retrieval import read_lines
-
-            agree = embedding_agreement(args.run_dir, args.out, read_lines(args.text), args.lang)
-            print(f"[quantize] sentence embeddings int8 vs fp32 on {args.text}: mean cosine "
-                  f"{agree['mean_cosine']:.5f} (min {agree['min_cosine']:.5f}), max abs diff {agree['max_abs_diff']:.4g}")
-        if args.dev:
-            from xlmkit.tasks.finetune import is_finetuned_dir
-            from xlmkit.tasks.io import read_task_files
-
-            if not is_finetuned_dir(args.run_dir):
-                raise XlmkitError(f"--dev needs a fine-tuned run; {args.run_dir} has no task.json")
-            task = json.loads((Path(args.run_dir) / "task.json").read_text(encoding="utf-8"))["task"]
-            examples = read_task_files(args.dev, task)
-            a, b = task_accuracy(args.run_dir, examples), task_accuracy(args.out, examples)
-            print(f"[quantize] {args.dev}: fp32 {100 * a:.2f}, int8 {100 * b:.2f} ({100 * (b - a):+.2f} points)")
-    elif args.command == "trim-vocab":
-        langs = [x for x in (args.langs or "").split(",") if x.strip()]
-        info = trim_run(args.run_dir, args.out, args.text or (), langs, args.which)
-        print(f"[trim-vocab] {args.run_dir} -> {args.out}: vocabulary {info['old_vocab']} -> {info['new_vocab']} "
-              f"pieces; weights {_mb(info['fp32_bytes'])} -> {_mb(info['trimmed_bytes'])} "
-              f"({100 * info['trimmed_bytes'] / info['fp32_bytes']:.0f}%)")
-    else:
-        raise XlmkitError(f"xlmkit.interop.compress serves quantize and trim-vocab, not {args.command!r}")
-    print(f"[{args.command}] done in {time.perf_counter() - t0:.1f}s")
-    return 0

@@ -20,9 +20,7 @@ batch). Parity with torch (fp32 graph: max abs diff < 1e-4) is checked after exp
 
 from __future__ import annotations
 
-import argparse
 import json
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -207,29 +205,3 @@ def embed_ids_onnx(sess, seqs: Sequence[Sequence[int]], pad_id: int, lang_id: in
 def read_meta(onnx_path: str | Path) -> dict:
     f = Path(str(onnx_path) + META_SUFFIX)
     return json.loads(f.read_text(encoding="utf-8")) if f.is_file() else {}
-
-
-# ----------------------------------------------------------------------------------------------
-# CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", metavar="RUN", help="run directory (pretrained or fine-tuned)")
-    parser.add_argument("--out", required=True, help="output .onnx file (metadata beside it in OUT.json)")
-    parser.add_argument("--which", choices=("best", "latest"), default="best", help="checkpoint (default: best)")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
-    parser.add_argument("--int8", action="store_true",
-                        help="quantize the graph with onnxruntime's dynamic int8 quantization")
-
-
-def run(args: argparse.Namespace) -> int:
-    t0 = time.perf_counter()
-    if not args.out.endswith(".onnx"):
-        raise XlmkitError(f"--out must end in .onnx, got {args.out}")
-    meta = export_onnx(args.run_dir, args.out, args.which, args.opset, args.int8)
-    diff = meta.get("parity_max_abs_diff")
-    check = (f"max abs diff vs torch {diff:.2e}" if diff is not None else meta.get("parity_note", ""))
-    print(f"[export-onnx] {args.run_dir} -> {args.out} ({meta['bytes'] / 1e6:.2f} MB{', int8' if args.int8 else ''}; "
-          f"inputs {', '.join(meta['inputs'])}; outputs {', '.join(meta['outputs'])}); {check} "
-          f"({time.perf_counter() - t0:.1f}s)")
-    return 0

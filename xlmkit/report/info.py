@@ -1,19 +1,12 @@
-"""`xlmkit info DIR`: summarise a prepared data directory (manifest.json) or a run (vocab.json,
-config.json, checkpoints). Reads JSON only: never imports torch, so it answers instantly."""
+"""`xlmkit info DIR`, `info(path, verify=False)`: summarise a prepared data directory (manifest.json) or a
+run (vocab.json, config.json, checkpoints). Reads JSON only: never imports torch, so it answers instantly."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 from xlmkit.core.errors import DataError
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", help="a prepared data directory or a run directory")
-    parser.add_argument("--verify", action="store_true",
-                        help="read everything: every token id and offset of every shard, every file's sha256")
 
 
 def _table(header: list[str], rows: list[list]) -> str:
@@ -124,8 +117,10 @@ def describe_run(root: Path, verify: bool = False) -> str:
     return "\n".join(out)
 
 
-def run(args: argparse.Namespace) -> int:
-    root = Path(args.path)
+def info(path: str | Path, verify: bool = False) -> None:
+    """Print the summary of a prepared data directory or a run (`verify`: read every byte and check it);
+    raises DataError for anything else or for damaged files found by `verify`."""
+    root = Path(path)
     if not root.is_dir():
         raise DataError(f"{root}: no such directory")
     if (root / "manifest.json").is_file():
@@ -134,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         except (KeyError, TypeError, AttributeError, ValueError) as e:  # a key of the wrong shape
             raise DataError(f"{root / 'manifest.json'}: damaged manifest ({type(e).__name__}: {e}); "
                             "re-run `xlmkit prepare`") from None
-        if getattr(args, "verify", False):
+        if verify:
             from xlmkit.data.format import PreparedData
 
             results = PreparedData(root).verify()
@@ -145,7 +140,6 @@ def run(args: argparse.Namespace) -> int:
             if bad:
                 raise DataError(f"{len(bad)} damaged file(s) in {root}; first: {bad[0]}")
     elif (root / "vocab.json").is_file() or (root / "config.json").is_file():
-        print(describe_run(root, verify=getattr(args, "verify", False)))
+        print(describe_run(root, verify=verify))
     else:
         raise DataError(f"{root}: neither prepared data (manifest.json) nor a run (vocab.json / config.json)")
-    return 0

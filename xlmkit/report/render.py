@@ -30,7 +30,6 @@ Plots need matplotlib (`pip install 'xlmkit[plot]'`); it runs with the Agg backe
 
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import math
@@ -534,24 +533,3 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, tables:
     return {"out_dir": out_dir, "html": html_path, "markdown": md_path, "figures": [p for _, p in figures],
             "tables": list(dict.fromkeys(t["path"] for t in found)), "skipped": skipped, "bad_lines": bad}
 
-
-# ----------------------------------------------------------------------------------------------
-# Command
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory (metrics.jsonl, config.json, eval*/)")
-    parser.add_argument("--out", default=None, help="output directory (default: RUN_DIR/report)")
-    parser.add_argument("--tables", nargs="+", default=[], metavar="JSON",
-                        help="more table files to include (besides RUN_DIR/eval*/**/*.json)")
-    parser.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib needed)")
-
-
-def run(args: argparse.Namespace) -> int:
-    summary = build_report(args.run_dir, args.out, args.tables, plots=not args.no_plots)
-    print(f"[report] {len(summary['figures'])} plot(s), {len(summary['tables'])} table file(s)"
-          + (f", {len(summary['skipped'])} non-table JSON skipped" if summary["skipped"] else "")
-          + (f", {summary['bad_lines']} unreadable metrics line(s) skipped" if summary["bad_lines"] else ""))
-    print(f"[report] {summary['html']}")
-    print(f"[report] {summary['markdown']}")
-    return 0

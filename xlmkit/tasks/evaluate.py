@@ -43,7 +43,6 @@ OUT/results.md; the fine-tuned model is kept in OUT/model.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -52,7 +51,6 @@ from typing import Any, Sequence
 from xlmkit.core.errors import DataError, XlmkitError
 from xlmkit.core.langs import canonical_lang
 from xlmkit.tasks.io import (
-    TASKS,
     Example,
     check_labels,
     group_by_lang,
@@ -279,89 +277,73 @@ def evaluate_language(ft_model, encoder, examples: list[Example], labels: Sequen
 
 
 # ----------------------------------------------------------------------------------------------
-# CLI
+# The protocol
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from xlmkit.tasks.finetune import add_model_and_config_arguments
-
-    add_model_and_config_arguments(parser)
-    parser.add_argument("--task", default=None, choices=TASKS, help="task (default: finetune.task)")
-    parser.add_argument("--data", required=True, help="data directory or comma-separated files")
-    parser.add_argument("--train-lang", default=None, help="language to fine-tune on (default: finetune.train_lang, en)")
-    parser.add_argument("--langs", default=None, help="test only these languages (comma-separated; default: all)")
-    parser.add_argument("--out", required=True, help="output directory (results.json, results.md, model/)")
-    parser.add_argument("--train-fraction", type=float, default=0.8,
-                        help="share of the training language's ids used for training when it has no train "
-                             "file (the rest is held out in every language; default 0.8)")
-    parser.add_argument("--dev-fraction", type=float, default=0.1,
-                        help="share of the training examples kept as dev when there is no dev file (default 0.1)")
-    parser.add_argument("--test-all", action="store_true",
-                        help="test the other languages on all their examples, not only the held-out ids")
-    parser.add_argument("--train-split", default="train", choices=("train", "dev"),
-                        help="the training language's split to fine-tune on (default train; dev for sets without "
-                             "training data, as XNLI's en.dev: then other languages without a test file are "
-                             "tested on their dev file)")
-    parser.add_argument("--test-split", default="test", choices=("test", "dev"),
-                        help="the split every language is tested on when the training language has a train "
-                             "file (default test; dev for sets that publish train and dev only, as SIB-200)")
-    parser.add_argument("--per-class", action="store_true", help="also report per-class precision / recall / F1")
-    parser.add_argument("--unknown-labels", default="error", choices=("error", "ignore"),
-                        help="a test label unseen in training: error (default) or leave it out of the scores")
-    parser.add_argument("--split-seed", type=int, default=0, help="seed of the train / dev / test id split")
-
-
-def run(args: argparse.Namespace) -> int:
+def evaluate(model: str | Path, data: str | Path | Sequence[str | Path], out: str | Path, task: str | None = None,
+             train_lang: str | None = None, langs: str | Sequence[str] | None = None, which: str = "best",
+             config: str | Path | None = None, overrides: Sequence[str] = (), pooling: str = "mean",
+             unknown_lang_id: str | None = None, train_fraction: float = 0.8, dev_fraction: float = 0.1,
+             test_all: bool = False, train_split: str = "train", test_split: str = "test",
+             per_class: bool = False, unknown_labels: str = "error", split_seed: int = 0) -> dict[str, Any]:
+    """`xlmkit evaluate`: zero-shot cross-lingual transfer (the module doc). Fine-tune the pretrained run
+    `model` on `train_lang` (default finetune.train_lang) of `data` (a directory or task files) and test
+    every language (or `langs`); a fine-tuned run is only tested. Writes OUT/results.json, OUT/results.md
+    and OUT/model; returns the results.json object. `config` / `overrides` / `pooling` /
+    `unknown_lang_id` as xlmkit.tasks.finetune.finetune_run; `unknown_labels`: "error" or "ignore"."""
     from xlmkit.tasks.finetune import finetune, is_finetuned_dir, load_finetuned, load_pretrained
     from xlmkit.core.runtime import choose_precision, pick_device
 
     t0 = time.time()
-    out = Path(args.out)
-    langs = [canonical_lang(x) for x in args.langs.split(",") if x.strip()] if args.langs else None
-    if is_finetuned_dir(args.model):
-        ftm = load_finetuned(args.model, which=args.which)
+    out = Path(out)
+    if isinstance(langs, str):  # "de,fr" as the command line gives it
+        langs = [x for x in langs.split(",") if x.strip()]
+    langs = [canonical_lang(x) for x in langs] if langs is not None else None
+    overrides = list(overrides)
+    if is_finetuned_dir(model):
+        ftm = load_finetuned(model, which=which)
         ft = ftm.config.finetune
-        if args.task is not None and args.task != ftm.spec.task:
-            raise XlmkitError(f"{args.model} was fine-tuned for {ftm.spec.task}, not {args.task}")
+        if task is not None and task != ftm.spec.task:
+            raise XlmkitError(f"{model} was fine-tuned for {ftm.spec.task}, not {task}")
         from xlmkit.tasks.finetune import TaskEncoder
 
-        data = read_split_data(args.data, ftm.spec.task)
-        all_langs = sorted({lang for split in data.values() for lang in split})
-        test = {lang: _test_pool(data, lang, args.test_split) for lang in all_langs if langs is None or lang in langs}
+        split_data = read_split_data(data, ftm.spec.task)
+        all_langs = sorted({lang for split in split_data.values() for lang in split})
+        test = {lang: _test_pool(split_data, lang, test_split) for lang in all_langs if langs is None or lang in langs}
         test = {k: v for k, v in test.items() if v}
         import dataclasses
 
         from xlmkit.tasks.finetune import resolve_unknown_lang_id
 
         spec = ftm.spec
-        if args.unknown_lang_id is not None:
+        if unknown_lang_id is not None:
             spec = dataclasses.replace(spec, unknown_lang_id=resolve_unknown_lang_id(
-                args.unknown_lang_id, ftm.vocab, ftm.model.encoder))
-        model, encoder, labels = ftm.model, TaskEncoder(ftm.tokenizer, ftm.vocab, spec, ftm.model.encoder), list(spec.labels)
+                unknown_lang_id, ftm.vocab, ftm.model.encoder))
+        task_model, encoder, labels = ftm.model, TaskEncoder(ftm.tokenizer, ftm.vocab, spec, ftm.model.encoder), list(spec.labels)
         device = pick_device(ft.device)
         # the precision of this machine, not of the one it was fine-tuned on
         ft = dataclasses.replace(ft, precision=choose_precision("auto", device)[0])
-        model.to(device)
+        task_model.to(device)
         train_lang, majority, protocol, ft_info = None, None, "fine-tuned model, tested on test / unsplit files", {}
     else:
-        if args.task is not None:
-            args.overrides = [*args.overrides, f"finetune.task={args.task}"]
-        loaded, ft = load_pretrained(args)
-        train_lang = canonical_lang(args.train_lang or ft.train_lang)
-        data = read_split_data(args.data, ft.task)
-        splits = zero_shot_splits(data, train_lang, args.train_fraction, args.dev_fraction, args.split_seed,
-                                  args.test_all, langs, args.test_split, args.train_split)
+        if task is not None:
+            overrides = [*overrides, f"finetune.task={task}"]
+        loaded, ft = load_pretrained(model, which, config, overrides, command="evaluate")
+        train_lang = canonical_lang(train_lang or ft.train_lang)
+        split_data = read_split_data(data, ft.task)
+        splits = zero_shot_splits(split_data, train_lang, train_fraction, dev_fraction, split_seed,
+                                  test_all, langs, test_split, train_split)
         labels, test, protocol = splits["labels"], splits["test"], splits["protocol"]
         print(f"[evaluate] {protocol}")
         print(f"[evaluate] train {train_lang}: {len(splits['train'])} examples, dev: {len(splits['dev'] or [])}; "
               f"test: " + ", ".join(f"{lang} {len(v)}" for lang, v in test.items()))
         from xlmkit.tasks.finetune import resolve_unknown_lang_id
 
-        unknown = resolve_unknown_lang_id(args.unknown_lang_id, loaded.vocab, loaded.model)
-        result = finetune(loaded, ft, splits["train"], splits["dev"], labels=labels, pooling=args.pooling,
+        unknown = resolve_unknown_lang_id(unknown_lang_id, loaded.vocab, loaded.model)
+        result = finetune(loaded, ft, splits["train"], splits["dev"], labels=labels, pooling=pooling,
                           unknown_lang_id=unknown, out_dir=out / "model")
-        model, encoder, spec, ft = result.model, result.encoder, result.spec, result.config.finetune
-        device = next(model.parameters()).device
+        task_model, encoder, spec, ft = result.model, result.encoder, result.spec, result.config.finetune
+        device = next(task_model.parameters()).device
         from xlmkit.tasks.scores import majority_label
 
         flat = [lab for ex in splits["train"] for lab in (ex.label if isinstance(ex.label, list) else [ex.label])]
@@ -378,8 +360,8 @@ def run(args: argparse.Namespace) -> int:
     rows: dict[str, dict] = {}
     t_test = time.time()
     for lang, exs in sorted(test.items(), key=lambda kv: (kv[0] != train_lang, kv[0])):
-        rows[lang] = evaluate_language(model, encoder, exs, labels, majority, ft, device, args.per_class,
-                                       args.unknown_labels)
+        rows[lang] = evaluate_language(task_model, encoder, exs, labels, majority, ft, device, per_class,
+                                       unknown_labels)
     zero_shot = [lang for lang in rows if lang != train_lang]
     avg = average_rows(rows, zero_shot)
     spans = any("span_f1" in r for r in rows.values())
@@ -387,7 +369,7 @@ def run(args: argparse.Namespace) -> int:
     table = markdown_table(rows, columns, avg, train_lang)
 
     title = (f"# Zero-shot {spec.task} transfer from {train_lang}" if train_lang else f"# {spec.task} evaluation")
-    md = [title, "", f"- model: `{args.model}`", f"- data: `{args.data}`", f"- protocol: {protocol}",
+    md = [title, "", f"- model: `{model}`", f"- data: `{data}`", f"- protocol: {protocol}",
           f"- labels ({len(labels)}): {', '.join(labels)}", f"- majority baseline: always `{majority}`",
           "- numbers are percentages; avg = mean over the zero-shot languages (train language excluded)", "",
           table]
@@ -400,15 +382,15 @@ def run(args: argparse.Namespace) -> int:
                             if spec.task == "token" else ""))
     if notes:
         md += [""] + notes
-    if args.per_class:
+    if per_class:
         for lang, row in rows.items():
             md += ["", f"## {lang}: per class", "", per_class_table(row["per_class"])]
     markdown = "\n".join(md)
-    results = {"task": spec.task, "model": str(args.model), "data": str(args.data), "train_lang": train_lang,
+    results = {"task": spec.task, "model": str(model), "data": str(data), "train_lang": train_lang,
                "protocol": protocol, "labels": labels, "majority_label": majority, "pooling": spec.pooling,
                "max_len": spec.max_len, "languages": rows, "average_zero_shot": avg, "finetune": ft_info,
                "seconds": {"total": round(time.time() - t0, 1), "test": round(time.time() - t_test, 1)}}
     write_results(out, results, markdown)
     print(table)
     print(f"[evaluate] results in {out / 'results.md'} and {out / 'results.json'} ({time.time() - t0:.0f}s)")
-    return 0
+    return results

@@ -47,7 +47,6 @@ fine-tuned encoder):
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -756,59 +755,47 @@ def _check_resume(ckpt: Path, state: dict, spec: TaskSpec, cfg: Config) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Config and model from the command line (shared with evaluate and langid)
-
-
-def add_model_and_config_arguments(parser: argparse.ArgumentParser, unknown_lang: bool = True) -> None:
-    parser.add_argument("--model", required=True, help="pretrained run directory (or checkpoint directory)")
-    parser.add_argument("--which", default="best", choices=("best", "latest"),
-                        help="checkpoint of the run to start from (default: best)")
-    parser.add_argument("--config", default=None,
-                        help="preset or config file whose finetune section to use (default: the run's own)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="finetune.KEY=VALUE",
-                        help="override a fine-tuning setting, e.g. --set finetune.lr=1e-4 (repeatable; also "
-                             "model.dropout / model.attention_dropout)")
-    if unknown_lang:
-        parser.add_argument("--unknown-lang-id", default=None, metavar="LANG|ID",
-                            help="language-embedding id for languages the model has none for: a language of "
-                                 "the model (e.g. en) or an integer id (default: such languages are an error)")
-    parser.add_argument("--pooling", default="mean", choices=POOLINGS,
-                        help="sentence representation for classification / pair: mean of the tokens "
-                             "(default) or the first token (XLM)")
+# The pretrained model and its fine-tuning settings (shared with evaluate and langid)
 
 
 _MODEL_OVERRIDABLE = ("dropout", "attention_dropout")
 
 
-def finetune_config_from_args(args: argparse.Namespace, base: Config) -> tuple[FinetuneConfig, Config]:
-    """(finetune section, model config) from the run's config, --config and --set. Only finetune.* and
+def finetune_config(base: Config, config: str | Path | None = None,
+                    overrides: Sequence[str] = ()) -> tuple[FinetuneConfig, Config]:
+    """(finetune section, model config) from the run's config `base`, a preset or config file `config`
+    whose finetune section replaces the run's, and `overrides` ("finetune.lr=1e-4"). Only finetune.* and
     model dropouts may change: the rest of the model is fixed by its weights."""
-    overrides = parse_overrides(args.overrides)
-    for section, values in overrides.items():
+    overrides = list(overrides)
+    parsed = parse_overrides(overrides)
+    for section, values in parsed.items():
         if section == "model" and set(values) <= set(_MODEL_OVERRIDABLE):
             continue
         if section != "finetune":
             raise ConfigError(f"only finetune.* settings (and model.dropout, model.attention_dropout) apply to "
                               f"fine-tuning; got {section}.{next(iter(values))}")
-    if args.config is not None:
-        ft = load_config(args.config, [o for o in args.overrides if o.strip().startswith("finetune.")]).finetune
+    if config is not None:
+        ft = load_config(str(config), [o for o in overrides if o.strip().startswith("finetune.")]).finetune
     else:
         d = config_to_dict(base)
-        d["finetune"].update(overrides.get("finetune", {}))
+        d["finetune"].update(parsed.get("finetune", {}))
         ft = config_from_dict(d).finetune
     d = config_to_dict(base)
-    d["model"].update(overrides.get("model", {}))
+    d["model"].update(parsed.get("model", {}))
     return ft, config_from_dict(d)
 
 
-def load_pretrained(args: argparse.Namespace):
-    """The pretrained model of --model with --set model.dropout applied; (LoadedModel, FinetuneConfig)."""
+def load_pretrained(model: str | Path, which: str = "best", config: str | Path | None = None,
+                    overrides: Sequence[str] = (), command: str = "finetune"):
+    """The pretrained model of the run `model` with model.dropout overrides applied, and the fine-tuning
+    settings (`finetune_config`) -> (LoadedModel, FinetuneConfig). `command` names the caller in the
+    refusal of an int8 run."""
     from xlmkit.train.checkpoint import load_model
     from xlmkit.interop.compress import refuse_int8
 
-    refuse_int8(args.model, f"{getattr(args, 'command', 'finetune')} (training)", args.which)
-    loaded = load_model(args.model, which=args.which, device="cpu")
-    ft, cfg = finetune_config_from_args(args, loaded.config)
+    refuse_int8(model, f"{command} (training)", which)
+    loaded = load_model(model, which=which, device="cpu")
+    ft, cfg = finetune_config(loaded.config, config, overrides)
     if cfg.model != loaded.config.model:
         for layer in loaded.model.layers:
             layer.dropout = cfg.model.dropout
@@ -836,38 +823,36 @@ def resolve_unknown_lang_id(value: str | None, vocab: dict, model: nn.Module) ->
 
 
 # ----------------------------------------------------------------------------------------------
-# CLI
+# The command
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_and_config_arguments(parser)
-    parser.add_argument("--train", required=True, help="training file(s), comma-separated, or a directory")
-    parser.add_argument("--dev", default=None, help="dev file(s) for early stopping and the best checkpoint")
-    parser.add_argument("--task", default=None, choices=TASKS, help="task (default: finetune.task)")
-    parser.add_argument("--out", required=True, help="output directory for the fine-tuned model")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the fine-tuning run in --out from its newest checkpoint (same settings)")
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.task is not None:
-        args.overrides = [*args.overrides, f"finetune.task={args.task}"]
-    loaded, ft = load_pretrained(args)
-    train_examples = read_task_files(args.train, ft.task)
+def finetune_run(model: str | Path, train: str | Path | Sequence[str | Path], out: str | Path,
+                 dev: str | Path | Sequence[str | Path] | None = None, task: str | None = None,
+                 which: str = "best", config: str | Path | None = None, overrides: Sequence[str] = (),
+                 pooling: str = "mean", unknown_lang_id: str | None = None, resume: bool = False) -> FinetuneResult:
+    """`xlmkit finetune`: fine-tune the pretrained run `model` on the task files `train` (a file, comma-
+    separated files or a directory; `dev` the same) and write the fine-tuned model to `out`. `task`
+    overrides finetune.task; `config` / `overrides` as `finetune_config`; `unknown_lang_id` (a language
+    of the model or an integer id, as a string) as `resolve_unknown_lang_id`; `resume` continues the run
+    in `out` from its newest checkpoint. Under torchrun only rank 0 reports."""
+    overrides = list(overrides)
+    if task is not None:
+        overrides = [*overrides, f"finetune.task={task}"]
+    loaded, ft = load_pretrained(model, which, config, overrides, command="finetune")
+    train_examples = read_task_files(train, ft.task)
     if not train_examples:
-        raise DataError(f"{args.train}: no training examples (empty file?)")
-    dev_examples = read_task_files(args.dev, ft.task) if args.dev else None
+        raise DataError(f"{train}: no training examples (empty file?)")
+    dev_examples = read_task_files(dev, ft.task) if dev else None
     if dev_examples is not None and not dev_examples:
-        raise DataError(f"{args.dev}: no dev examples (empty file?)")
+        raise DataError(f"{dev}: no dev examples (empty file?)")
     for lang, exs in group_by_lang(train_examples).items():
         print(f"[finetune] train {lang}: {len(exs)} examples")
-    unknown = resolve_unknown_lang_id(args.unknown_lang_id, loaded.vocab, loaded.model)
+    unknown = resolve_unknown_lang_id(unknown_lang_id, loaded.vocab, loaded.model)
     from xlmkit.core.runtime import dist_info_from_env, distributed_errors
 
     with distributed_errors(ft.dist_timeout_s):  # another process died or hangs: one clear error
-        result = finetune(loaded, ft, train_examples, dev_examples, pooling=args.pooling, unknown_lang_id=unknown,
-                          out_dir=args.out, resume=args.resume)
-    if not dist_info_from_env().is_main:
-        return 0
-    print(f"[finetune] done in {result.seconds:.1f}s; best {result.best}; model in {args.out}")
-    return 0
+        result = finetune(loaded, ft, train_examples, dev_examples, pooling=pooling, unknown_lang_id=unknown,
+                          out_dir=out, resume=resume)
+    if dist_info_from_env().is_main:
+        print(f"[finetune] done in {result.seconds:.1f}s; best {result.best}; model in {out}")
+    return result

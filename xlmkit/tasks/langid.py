@@ -22,10 +22,10 @@ frequent confusions; OUT/results.json (with the full confusion matrix), OUT/resu
 
 from __future__ import annotations
 
-import argparse
 import time
 import zlib
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -83,69 +83,60 @@ def split_language(path: Path, lines: list[str], lang: str, test_fraction: float
     return out[0], out[1], out[2]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from xlmkit.tasks.finetune import add_model_and_config_arguments
-
-    add_model_and_config_arguments(parser, unknown_lang=False)
-    parser.add_argument("--data", required=True, help="directory of {lang}.txt files")
-    parser.add_argument("--out", required=True, help="output directory (results.json, results.md, model/)")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--all-langs", action="store_true",
-                       help="every language with a file (default: the model's languages)")
-    group.add_argument("--langs", default=None, help="these languages (comma-separated)")
-    parser.add_argument("--test-fraction", type=float, default=0.2, help="test share per language (default 0.2)")
-    parser.add_argument("--dev-fraction", type=float, default=0.1, help="dev share per language (default 0.1)")
-    parser.add_argument("--max-per-lang", type=int, default=0,
-                        help="use at most this many sentences per language (0 = all)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the per-language split")
-
-
-def run(args: argparse.Namespace) -> int:
+def langid(model: str | Path, data: str | Path, out: str | Path, langs: str | Sequence[str] | None = None,
+           all_langs: bool = False, test_fraction: float = 0.2, dev_fraction: float = 0.1, max_per_lang: int = 0,
+           seed: int = 0, which: str = "best", config: str | Path | None = None, overrides: Sequence[str] = (),
+           pooling: str = "mean") -> dict[str, Any]:
+    """`xlmkit langid`: fine-tune a language identifier from the pretrained run `model` on the `{lang}.txt`
+    files of `data` and test it (the module doc). Languages: `langs`, else every file's (`all_langs`),
+    else the model's. Writes OUT/results.json, OUT/results.md and OUT/model; returns the results.json
+    object. `config` / `overrides` / `pooling` as xlmkit.tasks.finetune.finetune_run."""
     from xlmkit.tasks import scores as M
     from xlmkit.tasks.evaluate import _pct, write_results
     from xlmkit.tasks.finetune import finetune, load_pretrained, predict, score
 
     t0 = time.time()
-    if not 0 < args.test_fraction < 1 or not 0 <= args.dev_fraction < 1 or args.test_fraction + args.dev_fraction >= 1:
+    if not 0 < test_fraction < 1 or not 0 <= dev_fraction < 1 or test_fraction + dev_fraction >= 1:
         raise DataError("--test-fraction must be in (0, 1), --dev-fraction in [0, 1), and their sum < 1")
-    args.overrides = [*args.overrides, "finetune.task=classification"]
-    loaded, ft = load_pretrained(args)
-    available = read_langid_dir(args.data)
+    overrides = [*overrides, "finetune.task=classification"]
+    loaded, ft = load_pretrained(model, which, config, overrides, command="langid")
+    available = read_langid_dir(data)
     if not available:
-        raise DataError(f"{args.data}: no {{lang}}.txt files")
-    if args.langs:
-        langs = sorted({canonical_lang(x) for x in args.langs.split(",") if x.strip()})
+        raise DataError(f"{data}: no {{lang}}.txt files")
+    if isinstance(langs, str):  # "de,fr" as the command line gives it
+        langs = [x for x in langs.split(",") if x.strip()]
+    if langs is not None:
+        langs = sorted({canonical_lang(x) for x in langs})
         missing = [lang for lang in langs if lang not in available]
         if missing:
-            raise DataError(f"{args.data}: no file for language(s) {', '.join(missing)}")
-    elif args.all_langs:
+            raise DataError(f"{data}: no file for language(s) {', '.join(missing)}")
+    elif all_langs:
         langs = sorted(available)
     else:
         model_langs = [canonical_lang(x) for x in loaded.vocab.get("languages", [])]
         langs = sorted(lang for lang in model_langs if lang in available)
         absent = sorted(set(model_langs) - set(available))
         if absent:
-            print(f"[langid] note: model languages without a file in {args.data}: {', '.join(absent)}")
+            print(f"[langid] note: model languages without a file in {data}: {', '.join(absent)}")
         if len(langs) < 2:
-            raise DataError(f"{args.data}: files for {len(langs)} of the model's languages "
+            raise DataError(f"{data}: files for {len(langs)} of the model's languages "
                             f"({', '.join(model_langs) or 'none'}); need at least 2 (or use --all-langs)")
     train, dev, test = [], [], {}
     for lang in langs:
         path, lines = available[lang]
-        tr, dv, te = split_language(path, lines, lang, args.test_fraction, args.dev_fraction, args.max_per_lang,
-                                    args.seed)
+        tr, dv, te = split_language(path, lines, lang, test_fraction, dev_fraction, max_per_lang, seed)
         train += tr
         dev += dv
         test[lang] = te
     print(f"[langid] {len(langs)} languages: {', '.join(langs)}; train {len(train)}, dev {len(dev)}, "
           f"test {sum(len(v) for v in test.values())}")
-    out = Path(args.out)
-    result = finetune(loaded, ft, train, dev or None, labels=langs, pooling=args.pooling, use_langs=False,
+    out = Path(out)
+    result = finetune(loaded, ft, train, dev or None, labels=langs, pooling=pooling, use_langs=False,
                       out_dir=out / "model")
     test_examples = [ex for lang in langs for ex in test[lang]]
-    data, stats = result.encoder.encode(test_examples)
+    encoded, stats = result.encoder.encode(test_examples)
     device = next(result.model.parameters()).device
-    preds = predict(result.model, data, result.encoder.pad_id, max(ft.batch_size, 64), device,
+    preds = predict(result.model, encoded, result.encoder.pad_id, max(ft.batch_size, 64), device,
                     result.config.finetune.precision)
     scores = score(test_examples, preds, langs, per_class=True)
     gold = [ex.label for ex in test_examples]
@@ -161,9 +152,9 @@ def run(args: argparse.Namespace) -> int:
     lines.append(f"| **macro** | {scores['n']} | {_pct(scores['macro_precision'])} | {_pct(scores['macro_recall'])} "
                  f"| {_pct(scores['macro_f1'])} |")
     table = "\n".join(lines)
-    md = ["# Language identification", "", f"- model: `{args.model}`", f"- data: `{args.data}`",
-          f"- {len(langs)} languages; per language: {args.test_fraction:.2f} test, {args.dev_fraction:.2f} dev, "
-          f"rest train (seed {args.seed}" + (f", at most {args.max_per_lang} sentences" if args.max_per_lang else "")
+    md = ["# Language identification", "", f"- model: `{model}`", f"- data: `{data}`",
+          f"- {len(langs)} languages; per language: {test_fraction:.2f} test, {dev_fraction:.2f} dev, "
+          f"rest train (seed {seed}" + (f", at most {max_per_lang} sentences" if max_per_lang else "")
           + "); no language embedding at input",
           f"- accuracy {_pct(scores['accuracy'])}, macro-F1 {_pct(scores['macro_f1'])} (percentages); "
           f"chance {_pct(1 / len(langs))}", "", table]
@@ -172,9 +163,9 @@ def run(args: argparse.Namespace) -> int:
                + ", ".join(f"{a} -> {b}: {n}" for n, a, b in confusions)]
     if stats.truncated:
         md += ["", f"- note: {stats.truncated} test sentences truncated to {result.spec.max_len} ids"]
-    results = {"task": "langid", "model": str(args.model), "data": str(args.data), "languages": langs,
-               "split": {"test_fraction": args.test_fraction, "dev_fraction": args.dev_fraction,
-                         "max_per_lang": args.max_per_lang, "seed": args.seed},
+    results = {"task": "langid", "model": str(model), "data": str(data), "languages": langs,
+               "split": {"test_fraction": test_fraction, "dev_fraction": dev_fraction,
+                         "max_per_lang": max_per_lang, "seed": seed},
                "train_examples": len(train), "dev_examples": len(dev), "scores": scores,
                "confusion_matrix": {"labels": langs, "rows_true_cols_pred": cm.tolist()},
                "finetune": {"best": result.best, "seconds": round(result.seconds, 1), "history": result.history},
@@ -183,4 +174,4 @@ def run(args: argparse.Namespace) -> int:
     print(table)
     print(f"[langid] accuracy {_pct(scores['accuracy'])}, macro-F1 {_pct(scores['macro_f1'])}; "
           f"results in {out / 'results.md'} ({time.time() - t0:.0f}s)")
-    return 0
+    return results

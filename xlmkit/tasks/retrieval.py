@@ -34,7 +34,6 @@ tokenizer and vocabulary; weights from `--seed`): the baseline that retrieval ac
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 import time
@@ -434,11 +433,13 @@ def _default_out(model_path: Path, data_dir: Path, random_init: bool, centered: 
     return base / "eval" / name
 
 
-def _parse_langs(spec: str | None) -> list[str] | None:
-    if spec is None:
+def _parse_langs(langs: str | Sequence[str] | None) -> list[str] | None:
+    if langs is None:
         return None
+    if isinstance(langs, str):  # "deu,fra" as the command line gives it
+        langs = langs.split(",")
     out = []
-    for part in spec.split(","):
+    for part in langs:
         if part.strip():
             try:
                 out.append(canonical_lang(part))
@@ -451,94 +452,54 @@ def _parse_langs(spec: str | None) -> list[str] | None:
 # Commands
 
 
-def _common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="run directory or checkpoint directory")
-    parser.add_argument("--which", choices=("best", "latest"), default="best",
-                        help="checkpoint of a run directory (default: best)")
-    parser.add_argument("--layer", type=int, default=-1,
-                        help="hidden-state index to mean-pool: 0 = embeddings, 1..n_layers, -1 = last (default)")
-    parser.add_argument("--batch-size", type=int, default=64, help="sentences per forward pass (default: 64)")
-    parser.add_argument("--max-len", type=int, default=None,
-                        help="max tokens per sentence, wrapping included (default: the model's max_positions)")
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                        help="forward-pass precision (output is always float32; default: auto = bf16 where the "
-                             "hardware computes it natively, else fp32)")
-    parser.add_argument("--wrap", choices=("auto", "xlm", "roberta"), default="auto",
-                        help="sentence wrapping: xlm = </s> … </s>, roberta = <s> … </s>; "
-                             "auto = vocab.json's sentence_wrap, else xlm")
-    parser.add_argument("--unknown-lang-id", default=None, metavar="ID|LANG",
-                        help="language-embedding id (or a language of the model) for languages the model "
-                             "has no embedding for (default: embed refuses, retrieve skips them)")
-    parser.add_argument("--random-init", action="store_true",
-                        help="use a randomly initialised model of the run's shape (a baseline)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of --random-init (default: 0)")
-    parser.add_argument("--onnx", default=None, metavar="MODEL.onnx",
-                        help="compute the embeddings with onnxruntime on this graph (xlmkit export-onnx of the "
-                             "run; last layer only; needs the onnx extra)")
-
-
-def add_arguments_for(name: str, parser: argparse.ArgumentParser) -> None:
-    _common_arguments(parser)
-    if name == "embed":
-        parser.add_argument("--input", required=True, help="text file, one sentence per line")
-        parser.add_argument("--lang", required=True, help="language of the input (en, fra, …)")
-        parser.add_argument("--out", required=True, help="output .npy file: float32 (lines, dim)")
-    elif name == "retrieve":
-        parser.add_argument("--data", required=True,
-                            help="directory of parallel test files (tatoeba.XXX-eng.XXX / .eng, or {a}-{b}.{a})")
-        parser.add_argument("--langs", default=None,
-                            help="comma-separated languages (any code form: deu,fra or de,fr); default: the "
-                                 "model's languages present in the data (all of the data's without lang2id)")
-        parser.add_argument("--pivot", default="en", help="the side every language retrieves from (default: en)")
-        parser.add_argument("--both-directions", action="store_true", help="also report en→xx accuracy")
-        parser.add_argument("--center", action="store_true",
-                            help="subtract each language's mean embedding before cosine similarity "
-                                 "(removes the language offset; not part of the XTREME protocol)")
-        parser.add_argument("--max-sentences", type=int, default=0,
-                            help="use the first N lines of each file (default: 0 = all)")
-        parser.add_argument("--out", default=None,
-                            help="output directory for retrieval.json / retrieval.md "
-                                 "(default: RUN/eval/retrieve-<data dir name>[-centered][-random-init])")
-    else:
-        raise ValueError(f"xlmkit.tasks.retrieval serves embed and retrieve, not {name!r}")
-
-
-def _encoder_from_args(args: argparse.Namespace) -> tuple[Encoder, dict]:
-    return load_encoder(args.model, which=args.which, device=args.device, layer=args.layer,
-                        batch_size=args.batch_size, max_len=args.max_len, precision=args.precision,
-                        wrap=args.wrap, unknown_lang_id=args.unknown_lang_id, random_init=args.random_init,
-                        seed=args.seed, onnx=args.onnx)
-
-
-def run_embed(args: argparse.Namespace) -> int:
-    out = Path(args.out)
+def embed_file(model: str | Path, input_file: str | Path, lang: str, out: str | Path, *, which: str = "best",
+               layer: int = -1, batch_size: int = 64, max_len: int | None = None, device: str = "auto",
+               precision: str = "auto", wrap: str = "auto", unknown_lang_id: str | None = None,
+               random_init: bool = False, seed: int = 0, onnx: str | Path | None = None) -> np.ndarray:
+    """`xlmkit embed`: the sentence embeddings of the lines of `input_file` (language `lang`) by the run `model`,
+    saved to `out` (.npy, float32 (lines, dim)) and returned. The keyword options are `load_encoder`'s."""
+    out = Path(out)
     if out.suffix != ".npy":
         raise XlmkitError(f"--out must end in .npy, got {out}")
-    lines = read_lines(args.input)
-    enc, info = _encoder_from_args(args)
+    lines = read_lines(input_file)
+    enc, info = load_encoder(model, which=which, device=device, layer=layer, batch_size=batch_size,
+                             max_len=max_len, precision=precision, wrap=wrap, unknown_lang_id=unknown_lang_id,
+                             random_init=random_init, seed=seed, onnx=onnx)
     t0 = time.perf_counter()
-    emb = enc.embed(lines, args.lang)
+    emb = enc.embed(lines, lang)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, emb.astype(np.float32, copy=False))
     print(f"[embed] {len(lines)} sentences -> {out} {tuple(emb.shape)} float32 "
           f"(layer {info['layer']}, {time.perf_counter() - t0:.1f}s)")
-    return 0
+    return emb
 
 
-def run_retrieve(args: argparse.Namespace) -> int:
+def retrieve(model: str | Path, data: str | Path, out: str | Path | None = None,
+             langs: str | Sequence[str] | None = None, pivot: str = "en", both_directions: bool = False,
+             centered: bool = False, max_sentences: int = 0, *,
+             which: str = "best", layer: int = -1, batch_size: int = 64, max_len: int | None = None,
+             device: str = "auto", precision: str = "auto", wrap: str = "auto", unknown_lang_id: str | None = None,
+             random_init: bool = False, seed: int = 0, onnx: str | Path | None = None) -> dict:
+    """`xlmkit retrieve`: bitext retrieval accuracy of the run `model` on the parallel test files of `data`
+    (the module doc), for `langs` (any code form; default: the model's languages present in the data).
+    `centered` subtracts each language's mean embedding first. Writes OUT/retrieval.json and .md (OUT
+    default: RUN/eval/retrieve-<data dir name>[-centered][-random-init]) -> {"rows", "columns",
+    "average", "notes", "json", "markdown"}; no rows when no language could be evaluated. The keyword
+    options are `load_encoder`'s."""
     from xlmkit.report.render import average_of, table_markdown, write_table
 
-    if args.max_sentences < 0:
+    if max_sentences < 0:
         raise XlmkitError("--max-sentences must be >= 0")
-    pivot = canonical_lang(args.pivot)
-    data_dir = Path(args.data)
+    pivot = canonical_lang(pivot)
+    data_dir = Path(data)
     bitexts = find_bitexts(data_dir, pivot)
     if not bitexts:
         raise DataError(f"{data_dir}: no parallel test files with a {pivot!r} side (expected "
                         f"tatoeba.XXX-eng.XXX + tatoeba.XXX-eng.eng, or {{a}}-{{b}}.{{a}} + {{a}}-{{b}}.{{b}})")
-    enc, info = _encoder_from_args(args)
-    langs = _parse_langs(args.langs)
+    enc, info = load_encoder(model, which=which, device=device, layer=layer, batch_size=batch_size,
+                             max_len=max_len, precision=precision, wrap=wrap, unknown_lang_id=unknown_lang_id,
+                             random_init=random_init, seed=seed, onnx=onnx)
+    langs = _parse_langs(langs)
     if langs is None:
         known = [canonical_lang(x) for x in (enc.vocab.get("lang2id") or {})]
         langs = sorted(lang for lang in bitexts if lang in known) if known else sorted(bitexts)
@@ -552,30 +513,18 @@ def run_retrieve(args: argparse.Namespace) -> int:
                         f"{', …' if len(bitexts) > 30 else ''})")
     langs = [lang for lang in dict.fromkeys(langs) if lang != pivot]
 
-    rows, notes = retrieval_table(enc, bitexts, langs, pivot, args.both_directions, args.max_sentences,
-                                  centered=args.center)
-    columns = ["lang", "data", "n", f"acc_xx_{pivot}"] + ([f"acc_{pivot}_xx"] if args.both_directions else [])
+    rows, notes = retrieval_table(enc, bitexts, langs, pivot, both_directions, max_sentences, centered=centered)
+    columns = ["lang", "data", "n", f"acc_xx_{pivot}"] + ([f"acc_{pivot}_xx"] if both_directions else [])
     average = average_of(rows, columns[3:])
-    which = "random-init" if args.random_init else f"step {info['step']}"
-    title = (f"Bitext retrieval ({data_dir.resolve().name}), top-1 accuracy % ({which}, layer {args.layer}"
-             f"{', centered' if args.center else ''})")
-    meta = {**info, "data": str(data_dir), "pivot": pivot, "centered": bool(args.center),
-            "protocol": f"xx->{pivot} top-1 by cosine similarity" + (" of centered embeddings" if args.center else "")}
-    out = Path(args.out) if args.out else _default_out(Path(args.model), data_dir, args.random_init, args.center)
+    which_weights = "random-init" if random_init else f"step {info['step']}"
+    title = (f"Bitext retrieval ({data_dir.resolve().name}), top-1 accuracy % ({which_weights}, layer {layer}"
+             f"{', centered' if centered else ''})")
+    meta = {**info, "data": str(data_dir), "pivot": pivot, "centered": bool(centered),
+            "protocol": f"xx->{pivot} top-1 by cosine similarity" + (" of centered embeddings" if centered else "")}
+    out = Path(out) if out else _default_out(Path(model), data_dir, random_init, centered)
     json_path, md_path = write_table(out / "retrieval", rows, columns, title, average, meta, notes)
     print()
     print(table_markdown(rows, columns, title, average, notes))
     print(f"[retrieve] wrote {json_path} and {md_path}")
-    if not rows:
-        print("[retrieve] no language evaluated", file=sys.stderr)
-        return 1
-    return 0
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.command == "embed":
-        return run_embed(args)
-    if args.command == "retrieve":
-        return run_retrieve(args)
-    raise XlmkitError(f"xlmkit.tasks.retrieval serves embed and retrieve, not {args.command!r}")
-
+    return {"rows": rows, "columns": columns, "average": average, "notes": notes, "json": json_path,
+            "markdown": md_path}

@@ -15,12 +15,15 @@ The loss at each predicted token (MLM / TLM / CLM steps, as pretraining) is
 with DistilBERT's T = 2, alpha_kl = 5, alpha_mlm = 2, alpha_cos = 1 (train.distill_*). Validation is
 the student's own perplexity and accuracy, as in pretraining. The result is an ordinary run: every
 command loads it. `--resume` continues a distillation (give the same --teacher).
+
+    from xlmkit.train.distill import distill
+    final = distill("runs/small", "runs/data", "runs/small-l2", overrides=["model.n_layers=2"])
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -105,25 +108,17 @@ def load_teacher(teacher: str | Path, data, device) -> nn.Module:
     return model.to(device)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from xlmkit.core.config import add_config_arguments
-
-    parser.add_argument("--teacher", required=True, help="the pretrained run (or checkpoint) to distil")
-    parser.add_argument("--data", required=True, help="prepared data directory (the teacher's)")
-    parser.add_argument("--out", required=True, help="run directory to write")
-    parser.add_argument("--resume", action="store_true", help="continue the distillation in --out")
-    add_config_arguments(parser, default="")
-
-
-def run(args: argparse.Namespace) -> int:
+def distill(teacher: str | Path, data_dir: str | Path, out_dir: str | Path, config: str | Path | None = None,
+            overrides: Sequence[str] = (), resume: bool = False) -> dict:
+    """Distil the run `teacher` into the student of `config` (default: the teacher's own config.json) with
+    `overrides` (e.g. "model.n_layers=2"), on the teacher's prepared data; writes the run to `out_dir` and
+    returns pretraining's final metrics (xlmkit.train.pretrain.pretrain)."""
     from xlmkit.core.config import load_config
     from xlmkit.train.pretrain import pretrain
 
-    config = args.config or str(Path(args.teacher) / "config.json")
-    if not Path(config).is_file() and not args.config:
-        raise XlmkitError(f"--teacher {args.teacher}: no config.json (give --config)")
-    cfg = load_config(config, args.overrides)
-    final = pretrain(cfg, args.data, args.out, resume=args.resume, teacher=args.teacher)
-    print(f"[distill] done in {final['elapsed_s']:.1f}s: {args.out}"
-          + (f"; student validation mean perplexity {final['mean_ppl']:.2f}" if "mean_ppl" in final else ""))
-    return 0
+    given = bool(config)
+    config = str(config) if given else str(Path(teacher) / "config.json")
+    if not given and not Path(config).is_file():
+        raise XlmkitError(f"--teacher {teacher}: no config.json (give --config)")
+    cfg = load_config(config, list(overrides))
+    return pretrain(cfg, data_dir, out_dir, resume=resume, teacher=teacher)

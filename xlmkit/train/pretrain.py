@@ -18,7 +18,6 @@ RUN/tb/, RUN/checkpoints/ (see xlmkit.train.checkpoint), RUN/profile/ (train.pro
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xlmkit.core.config import Config, ConfigError, TrainConfig, add_config_arguments, config_from_args, config_from_dict
+from xlmkit.core.config import Config, ConfigError, TrainConfig, config_from_dict
 from xlmkit.core.errors import XlmkitError
 from xlmkit.model.ops import output_loss_sum
 from xlmkit.train.engine import LoopConfig, OptimConfig, TrainJob, open_run_dir, row_bounds
@@ -316,34 +315,3 @@ def pretrain(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: boo
             **{k: v for k, v in result.last_eval.items() if k != "elapsed_s"},
             "best_mean_ppl": result.best.get("mean_ppl"), "elapsed_s": result.elapsed_s}
 
-
-# ----------------------------------------------------------------------------------------------
-# Command line
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="prepared data directory (from `xlmkit prepare`)")
-    parser.add_argument("--out", required=True, help="run directory to write")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --out from its latest checkpoint (same config)")
-    parser.add_argument("--init", metavar="RUN_OR_CHECKPOINT",
-                        help="start a new run from this run's weights and model config (e.g. one made by "
-                             "`xlmkit import`); prepare --data with `xlmkit prepare --tokenizer RUN`")
-    add_config_arguments(parser, default="tiny")
-
-
-def run(args: argparse.Namespace) -> int:
-    from xlmkit.core.runtime import dist_info_from_env, distributed_errors
-
-    cfg = config_from_args(args)
-    with distributed_errors(cfg.train.dist_timeout_s):  # another process died or hangs: one clear error
-        final = pretrain(cfg, args.data, args.out, resume=args.resume, init=args.init)
-    if not dist_info_from_env().is_main:  # only rank 0 reports
-        return 0
-    langs = sorted(k[4:] for k in final if k.startswith("ppl/"))
-    if langs:
-        print(f"[pretrain] step {final['step']}: validation perplexity "
-              + ", ".join(f"{lang} {final[f'ppl/{lang}']:.2f}" for lang in langs)
-              + (f"; mean {final['mean_ppl']:.2f}" if "mean_ppl" in final else ""))
-    print(f"[pretrain] done in {final['elapsed_s']:.1f}s: {args.out}")
-    return 0
