@@ -36,9 +36,9 @@ from xlmkit.core.config import ConfigError, TrainConfig
 from xlmkit.data.format import SPECIAL_TOKENS, PreparedData
 from xlmkit.core.errors import DataError
 from xlmkit.core.langs import canonical_lang, canonical_pair
+from xlmkit.data.sampling import language_probs
 from xlmkit.train.objectives import (
     clm_targets,
-    language_probs,
     mask_tokens,
     maskable_positions,
     sample_weights,

@@ -54,6 +54,7 @@ from xlmkit.core.config import Config, config_from_dict, config_to_dict
 from xlmkit.core.errors import XlmkitError, reading
 from xlmkit.core.integrity import check_file, check_safetensors, checkpoint_problem, file_record
 from xlmkit.core.runtime import DistInfo, all_gather_tensor, is_sharded, unwrap_model
+from xlmkit.model.int8 import dequantize_state_dict, is_quantized_state_dict
 
 FORMAT = "xlmkit-checkpoint"
 FORMAT_VERSION = 1
@@ -405,9 +406,7 @@ def load_weights(model: nn.Module, path: str | Path, device: str | torch.device 
         missing, unexpected = _load_sharded_weights(target, f)
     else:
         weights = read_tensors(f, str(device))
-        if any(k.endswith(".int8") for k in weights):  # an int8 run (xlmkit quantize): dequantize on load
-            from xlmkit.interop.compress import dequantize_state_dict
-
+        if is_quantized_state_dict(weights):  # an int8 run (xlmkit quantize): dequantize on load
             weights = dequantize_state_dict(weights)
         missing, unexpected = target.load_state_dict(weights, strict=False)
     if missing or unexpected:
@@ -655,3 +654,19 @@ def save_model_run(run_dir: str | Path, model: nn.Module, cfg: Config, vocab: di
         raise XlmkitError(f"{run_dir} already holds checkpoints; choose a new directory")
     write_run_files(run_dir, cfg, vocab, tokenizer_path)
     return save_checkpoint(best_dir(run_dir), model=model, cfg=cfg, step=0, vocab=vocab)
+
+
+def compression_of(path: str | Path, which: str = "best") -> dict:
+    """The `compression` entry of a run's (or checkpoint's) state.json; {} for a plain run."""
+    try:
+        return read_state(resolve_checkpoint(Path(path), which)).get("compression") or {}
+    except XlmkitError:
+        return {}
+
+
+def refuse_int8(path: str | Path, what: str, which: str = "best") -> None:
+    """One-line error when `what` (training) is asked of an int8 run."""
+    if compression_of(path, which).get("int8"):
+        raise XlmkitError(f"{path} is an int8-quantized run (xlmkit quantize): it cannot be used for {what}; "
+                          "its weights are rounded and it has no optimizer state. Use the fp32 run it was "
+                          "made from, then quantize the result")

@@ -67,8 +67,7 @@ def init_from(init: str | Path, cfg: Config, data, vocab: dict) -> tuple[Config,
     """`--init RUN_OR_CHECKPOINT`: the model config of that run (not the preset's) and its checkpoint
     (best/, else the latest) to load the weights from. The data must have been prepared with the
     run's tokenizer and ids (`xlmkit prepare --tokenizer RUN`). Returns (config, vocab.json, checkpoint)."""
-    from xlmkit.train.checkpoint import resolve_checkpoint, read_state
-    from xlmkit.interop.compress import refuse_int8
+    from xlmkit.train.checkpoint import read_state, refuse_int8, resolve_checkpoint
 
     refuse_int8(init, "pretrain --init")
     ckpt = resolve_checkpoint(Path(init), "best")
@@ -263,7 +262,7 @@ def prepare_run_dir(out_dir: Path, cfg: Config, data, vocab: dict, resume: bool,
     else:
         ckpt = latest_checkpoint(out_dir)
     if resume:
-        from xlmkit.interop.compress import refuse_int8
+        from xlmkit.train.checkpoint import refuse_int8
 
         if (out_dir / "checkpoints").is_dir():
             refuse_int8(out_dir, "pretrain --resume")
@@ -328,7 +327,7 @@ def pretrain(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: boo
                                    save_checkpoint, step_dir)
     from xlmkit.data.format import PreparedData
     from xlmkit.train.metrics import MetricsLogger
-    from xlmkit.model.encoder import XLMModel
+    from xlmkit.model.encoder import TransformerLayer, XLMModel
     from xlmkit.core.runtime import (barrier, broadcast_object, choose_precision, clip_grad_norm, init_distributed,
                                 pick_device, seed_everything, shutdown_distributed, wrap_model)
 
@@ -362,7 +361,7 @@ def pretrain(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: boo
                                       tcfg.distill_alpha_mlm, tcfg.distill_alpha_cos)
     else:
         loss_model = PretrainingLoss(encoder)
-    model = wrap_model(loss_model, dist, tcfg.parallel, device)  # to device; before the optimizer (FSDP shards)
+    model = wrap_model(loss_model, dist, tcfg.parallel, device, units=(TransformerLayer,))  # to device; before the optimizer (FSDP shards)
     optimizer = build_optimizer(encoder, tcfg, device)
     scheduler = build_scheduler(optimizer, tcfg)
     sampler = PretrainSampler(data, tcfg, seed=tcfg.seed, rank=dist.rank, world_size=dist.world_size)
