@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import time
 from collections import defaultdict
@@ -32,6 +31,7 @@ from torch import Tensor, nn
 
 from xlmkit.core.config import Config, ConfigError, TrainConfig, add_config_arguments, config_from_args, config_from_dict
 from xlmkit.core.errors import XlmkitError
+from xlmkit.data.contract import VOCAB_FILE, RunContract
 from xlmkit.model.ops import output_loss_sum
 
 
@@ -54,13 +54,8 @@ def resolve_config(cfg: Config, data, model=None) -> Config:
 
 
 def vocab_info(data) -> dict:
-    """RUN/vocab.json: what a user of the model needs to know of the data's vocabulary."""
-    info = {"lang2id": dict(data.lang2id), "specials": dataclasses.asdict(data.specials),
-            "languages": list(data.languages), "pairs": list(data.pairs), "vocab_size": data.vocab_size,
-            "lang_tokens": dict(data.lang_token_ids), "data_dir": str(Path(data.root).resolve())}
-    if "special_ids" in data.manifest:  # a reused tokenizer (`xlmkit prepare --tokenizer`)
-        info["special_ids"] = list(data.manifest["special_ids"])
-    return info
+    """RUN/vocab.json: what a user of the model needs to know of the data's vocabulary (the run contract)."""
+    return RunContract.from_data(data).to_vocab()
 
 
 def init_from(init: str | Path, cfg: Config, data, vocab: dict) -> tuple[Config, dict, Path]:
@@ -73,26 +68,27 @@ def init_from(init: str | Path, cfg: Config, data, vocab: dict) -> tuple[Config,
     ckpt = resolve_checkpoint(Path(init), "best")
     state = read_state(ckpt)
     model = config_from_dict(state["config"]).model
-    init_vocab = state.get("vocab") or {}
-    run_vocab = ckpt.parent.parent / "vocab.json"
-    if not init_vocab and run_vocab.is_file():
-        init_vocab = json.loads(run_vocab.read_text(encoding="utf-8"))
+    run_vocab = ckpt.parent.parent / VOCAB_FILE
+    if state.get("vocab"):
+        run = RunContract.from_vocab(state["vocab"])
+    else:
+        run = RunContract.read(run_vocab) if run_vocab.is_file() else RunContract(has_specials=False)
+    mine = RunContract.from_vocab(vocab)
     hint = f"; prepare the data with `xlmkit prepare --tokenizer {init}`"
-    if data.vocab_size != model.vocab_size or data.vocab_size != init_vocab.get("vocab_size", model.vocab_size):
+    if data.vocab_size != model.vocab_size or data.vocab_size != (run.vocab_size or model.vocab_size):
         raise XlmkitError(f"--init {init}: the data's vocab_size {data.vocab_size} differs from the model's "
                           f"{model.vocab_size}{hint}")
-    if "specials" in init_vocab and vocab["specials"] != init_vocab["specials"]:
-        raise XlmkitError(f"--init {init}: the data's special ids {vocab['specials']} differ from the run's "
-                          f"{init_vocab['specials']}{hint}")
-    run_lang2id = init_vocab.get("lang2id", {})
-    same = {k: v for k, v in vocab["lang2id"].items() if k in run_lang2id}
-    new = sorted(set(vocab["lang2id"]) - set(run_lang2id))
-    if same != {k: v for k, v in run_lang2id.items() if k in same} or (new and model.use_lang_emb):
-        raise XlmkitError(f"--init {init}: the data's lang2id {vocab['lang2id']} differs from the run's "
-                          f"{run_lang2id}{hint}")
-    vocab = {**vocab, **{k: init_vocab[k] for k in ("sentence_wrap", "special_tokens") if k in init_vocab},
-             "init": str(ckpt.resolve())}
-    return resolve_config(dataclasses.replace(cfg, model=model), data, model), vocab, ckpt
+    if run.has_specials and mine.specials != run.specials:
+        raise XlmkitError(f"--init {init}: the data's special ids {dataclasses.asdict(mine.specials)} differ from "
+                          f"the run's {dataclasses.asdict(run.specials)}{hint}")
+    same = {k: v for k, v in mine.lang2id.items() if k in run.lang2id}
+    new = sorted(set(mine.lang2id) - set(run.lang2id))
+    if same != {k: v for k, v in run.lang2id.items() if k in same} or (new and model.use_lang_emb):
+        raise XlmkitError(f"--init {init}: the data's lang2id {dict(mine.lang2id)} differs from the run's "
+                          f"{dict(run.lang2id)}{hint}")
+    out = mine.replace(sentence_wrap=run.sentence_wrap, special_tokens=run.special_tokens or mine.special_tokens,
+                       extra={**mine.extra, "init": str(ckpt.resolve())})
+    return resolve_config(dataclasses.replace(cfg, model=model), data, model), out.to_vocab(), ckpt
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
