@@ -27,7 +27,7 @@ def contract(**vocab) -> RunContract:
 
 def test_framing_for_both_wraps():
     xlm = contract()
-    assert xlm.sentence_wrap == "xlm" and xlm.first_id == 2
+    assert xlm.wrap() == "xlm" and xlm.first_id == 2
     assert xlm.frame([10, 11, 12]) == [2, 10, 11, 12, 2]
     assert xlm.frame([10, 11, 12], max_len=4) == [2, 10, 11, 2]
     roberta = contract(sentence_wrap="roberta")

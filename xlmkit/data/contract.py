@@ -51,6 +51,19 @@ def _special_id(specials: Mapping, name: str, tokenizer, default: int) -> int:
     return int(tid) if tid is not None else default
 
 
+def canonical_lang2id(lang2id: Mapping[str, int] | None) -> dict[str, int]:
+    """lang2id with its codes canonicalised where they are codes (`eng` -> `en`); others kept as they
+    are, and a code whose canonical form is taken keeps its own spelling."""
+    out: dict[str, int] = {}
+    for code, i in (lang2id or {}).items():
+        try:
+            c = canonical_lang(str(code))
+        except ValueError:
+            c = str(code)
+        out[c if c not in out else str(code)] = int(i)
+    return out
+
+
 @dataclass(frozen=True)
 class RunContract:
     """A run's vocab.json, typed. `n_lang_embeddings` is the model's side of it (0: no language
@@ -58,7 +71,7 @@ class RunContract:
 
     specials: SpecialIds = field(default_factory=SpecialIds)
     lang2id: Mapping[str, int] = field(default_factory=dict)  # canonical code -> language-embedding id
-    sentence_wrap: str = "xlm"
+    sentence_wrap: str | None = None  # None: not stated, i.e. "xlm"
     vocab_size: int | None = None
     languages: tuple[str, ...] = ()
     pairs: tuple[str, ...] = ()
@@ -73,18 +86,24 @@ class RunContract:
     # -- reading and writing -------------------------------------------------------------------
 
     @classmethod
-    def from_vocab(cls, vocab: Mapping[str, Any] | None, tokenizer=None) -> RunContract:
+    def from_vocab(cls, vocab: Mapping[str, Any] | None, tokenizer=None, source: str | Path | None = None,
+                   ) -> RunContract:
         """From a vocab.json dict. A special id vocab.json does not give comes from the tokenizer's
-        token (`</s>` ...), else the XLM-R / fairseq default."""
+        token (`</s>` ...), else the XLM-R / fairseq default; with `source` (the file, for the error)
+        its "specials" must give all five ids instead."""
         vocab = dict(vocab or {})
+        if source is not None:
+            given = {k: int(v) for k, v in (vocab.get("specials") or {}).items()}
+            if sorted(given) != sorted(_TOKENS):
+                raise DataError(f"{source}: 'specials' must give the ids of bos, pad, eos, unk and mask; got {given}")
         sp = vocab.get("specials") or {}
         defaults = dataclasses.asdict(SpecialIds())
         specials = SpecialIds(**{k: _special_id(sp, k, tokenizer, d) for k, d in defaults.items()})
-        wrap = str(vocab.get("sentence_wrap", "xlm"))
+        wrap = str(vocab["sentence_wrap"]) if vocab.get("sentence_wrap") is not None else None
         special_ids = vocab.get("special_ids")
         return cls(
             specials=specials,
-            lang2id={canonical_lang(str(k)): int(v) for k, v in (vocab.get("lang2id") or {}).items()},
+            lang2id=canonical_lang2id(vocab.get("lang2id")),
             sentence_wrap=wrap,
             vocab_size=int(vocab["vocab_size"]) if vocab.get("vocab_size") else None,
             languages=tuple(str(x) for x in vocab.get("languages") or ()),
@@ -98,13 +117,16 @@ class RunContract:
         )
 
     @classmethod
-    def read(cls, path: str | Path, tokenizer=None) -> RunContract:
+    def read(cls, path: str | Path, tokenizer=None, require_specials: bool = False) -> RunContract:
+        """From a vocab.json file; with require_specials its "specials" must give all five ids."""
         path = Path(path)
         try:
             vocab = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise DataError(f"{path}: not a readable vocab.json ({type(e).__name__}: {e})") from None
-        return cls.from_vocab(vocab, tokenizer)
+        if not isinstance(vocab, dict):
+            raise DataError(f"{path}: not a readable vocab.json (a JSON object was expected)")
+        return cls.from_vocab(vocab, tokenizer, source=path if require_specials else None)
 
     @classmethod
     def from_data(cls, data) -> RunContract:
@@ -126,7 +148,7 @@ class RunContract:
         d.update({"lang_tokens": dict(self.lang_tokens), "data_dir": self.data_dir})
         if self.special_ids is not None:
             d["special_ids"] = list(self.special_ids)
-        if self.sentence_wrap != "xlm":
+        if self.sentence_wrap is not None:
             d["sentence_wrap"] = self.sentence_wrap
         if self.special_tokens is not None:
             d["special_tokens"] = dict(self.special_tokens)
@@ -134,9 +156,7 @@ class RunContract:
         return d
 
     def write(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.to_vocab(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        return path
+        return write_vocab(path, self.to_vocab())
 
     def for_model(self, model) -> RunContract:
         """This contract with the model's number of language embeddings (0 without them)."""
@@ -163,7 +183,7 @@ class RunContract:
 
     def wrap(self, wrap: str = "auto") -> str:
         """The sentence wrap: `wrap` itself, or the run's for "auto"; an unknown one is an error."""
-        wrap = self.sentence_wrap if wrap == "auto" else wrap
+        wrap = (self.sentence_wrap or "xlm") if wrap == "auto" else wrap
         if wrap not in WRAPS:
             raise XlmkitError(f"unknown sentence wrap {wrap!r}; use xlm (</s> … </s>) or roberta (<s> … </s>)")
         return wrap
@@ -247,6 +267,15 @@ class RunContract:
         if tokenizer is not None:
             ids |= {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
         return ids
+
+
+def write_vocab(path: str | Path, vocab: Mapping[str, Any]) -> Path:
+    """Write a vocab.json dict atomically (a temporary file, then a rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(dict(vocab), indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
 
 
 # ----------------------------------------------------------------------------------------------

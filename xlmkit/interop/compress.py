@@ -39,9 +39,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
 from xlmkit.core.errors import DataError, XlmkitError
+from xlmkit.data.contract import RunContract
+from xlmkit.data.format import SpecialIds
 
 from xlmkit.model.int8 import (INT8_SUFFIX, SCALE_SUFFIX, SCHEME, dequantize_rows, dequantize_state_dict,  # noqa: F401
                                int8_kernels, int8_tensor_names, is_quantized_state_dict, quantize_rows,
@@ -149,14 +150,11 @@ def task_accuracy(path: str | Path, examples) -> float:
 # Vocabulary trimming
 
 
-def special_ids(vocab: dict, tok_json: dict) -> set[int]:
+def special_ids(vocab: dict | RunContract, tok_json: dict) -> set[int]:
     """Every id that must survive trimming: the tokenizer's added tokens, vocab.json's specials,
     special_ids and language tags."""
-    ids = {int(t["id"]) for t in tok_json.get("added_tokens", [])}
-    ids |= {int(v) for v in (vocab.get("specials") or {}).values() if isinstance(v, int)}
-    ids |= {int(v) for v in vocab.get("special_ids") or []}
-    ids |= {int(v) for v in (vocab.get("lang_tokens") or {}).values()}
-    return ids
+    c = vocab if isinstance(vocab, RunContract) else RunContract.from_vocab(vocab)
+    return {int(t["id"]) for t in tok_json.get("added_tokens", [])} | c.reserved_ids()
 
 
 def ids_in_text(tokenizer, lines: Iterable[str]) -> set[int]:
@@ -172,13 +170,13 @@ def ids_in_text(tokenizer, lines: Iterable[str]) -> set[int]:
     return out
 
 
-def ids_in_prepared(vocab: dict, langs: Sequence[str]) -> set[int]:
+def ids_in_prepared(vocab: dict | RunContract, langs: Sequence[str]) -> set[int]:
     """Ids occurring in the run's prepared shards (vocab.json data_dir) of `langs`: every split of their
     monolingual shards and their sides of the parallel ones."""
     from xlmkit.data.format import PreparedData
     from xlmkit.core.langs import canonical_lang
 
-    data_dir = vocab.get("data_dir")
+    data_dir = (vocab if isinstance(vocab, RunContract) else RunContract.from_vocab(vocab)).data_dir
     if not data_dir or not Path(data_dir).is_dir():
         raise DataError(f"--langs needs the run's prepared data (vocab.json data_dir: {data_dir!r} not found); "
                         "pass --text FILE instead")
@@ -279,14 +277,14 @@ def trim_run(src: str | Path, out: str | Path, text_files: Sequence[str | Path] 
     loaded, head = _load_any(src, which)
     tok_json = json.loads(Path(loaded.tokenizer_path).read_text(encoding="utf-8"))
     tokenizer = Tokenizer.from_file(str(loaded.tokenizer_path))
-    vocab = dict(loaded.vocab)
+    contract = RunContract.from_vocab(loaded.vocab)
     if text_files:
         found = set()
         for f in text_files:
             found |= ids_in_text(tokenizer, read_lines(f))
     else:
-        found = ids_in_prepared(vocab, langs)
-    new_json, kept = trim_tokenizer_json(tok_json, found | special_ids(vocab, tok_json))
+        found = ids_in_prepared(contract, langs)
+    new_json, kept = trim_tokenizer_json(tok_json, found | special_ids(contract, tok_json))
     old_v = loaded.config.model.vocab_size
     if kept[-1] >= old_v:
         raise XlmkitError(f"{src}: the tokenizer has ids beyond the model's vocab_size {old_v}")
@@ -297,17 +295,15 @@ def trim_run(src: str | Path, out: str | Path, text_files: Sequence[str | Path] 
     sd["mlm_head.bias"] = sd["mlm_head.bias"][index].clone()
     mcfg = dataclasses.replace(loaded.config.model, vocab_size=len(kept), pad_id=new_of[loaded.config.model.pad_id])
     cfg = dataclasses.replace(loaded.config, model=mcfg)
-    vocab["vocab_size"] = len(kept)
-    if isinstance(vocab.get("specials"), dict):
-        vocab["specials"] = {k: (new_of[v] if isinstance(v, int) else v) for k, v in vocab["specials"].items()}
-    if vocab.get("special_ids"):
-        vocab["special_ids"] = [new_of[int(i)] for i in vocab["special_ids"]]
-    if vocab.get("lang_tokens"):
-        vocab["lang_tokens"] = {k: new_of[int(v)] for k, v in vocab["lang_tokens"].items()}
-    if vocab.get("data_dir"):
-        vocab["trimmed_data_dir"] = vocab["data_dir"]  # its shards use the old ids: not this run's data
-        vocab["data_dir"] = None
-    vocab["trimmed_from"] = str(src.resolve())
+    c = contract
+    extra = {**c.extra, **({"trimmed_data_dir": c.data_dir} if c.data_dir else {}),  # its shards use the old ids
+             "trimmed_from": str(src.resolve())}
+    vocab = c.replace(
+        vocab_size=len(kept),
+        specials=SpecialIds(**{k: new_of[v] for k, v in dataclasses.asdict(c.specials).items()}) if c.has_specials
+        else c.specials,
+        special_ids=tuple(new_of[i] for i in c.special_ids) if c.special_ids else c.special_ids,
+        lang_tokens={k: new_of[v] for k, v in c.lang_tokens.items()}, data_dir=None, extra=extra).to_vocab()
     prev = compression_of(src, which)
     compression = {**prev, "trim": {"old_vocab_size": old_v, "new_vocab_size": len(kept)}}
     Tokenizer.from_str(json.dumps(new_json))  # fails here, not in a user's hands, if the rewrite is invalid

@@ -64,7 +64,7 @@ from torch import Tensor, nn
 from xlmkit.core.config import Config, ConfigError, FinetuneConfig, config_from_dict, config_to_dict, load_config, parse_overrides
 from xlmkit.core.integrity import open_tokenizer
 from xlmkit.core.errors import DataError, XlmkitError
-from xlmkit.data.contract import RunContract
+from xlmkit.data.contract import RunContract, pad_batch
 from xlmkit.tasks.io import TASKS, Example, check_labels, group_by_lang, label_list, read_task_files
 
 IGNORE = -100
@@ -141,7 +141,7 @@ class TaskEncoder:
         self.contract = c = c.with_wrap().for_model(model)
         self.unk_id = c.specials.unk
         self.max_len = min(spec.max_len, int(model.cfg.max_positions))
-        self.wrap = c.sentence_wrap
+        self.wrap = c.wrap()
         self.first_id, self.eos_id, self.pad_id = c.first_id, c.eos_id, c.pad_id
         # pieces that are only the word-boundary marker (SentencePiece's "▁"): a word that starts with a
         # character the vocabulary cannot join to "▁" (punctuation, rare scripts) begins with one
@@ -247,27 +247,15 @@ def training_batches(lengths: Sequence[int], batch_size: int, rng: np.random.Gen
 def collate(items: Sequence[Encoded], pad_id: int) -> dict[str, Tensor]:
     """Pad to the longest item: input_ids, langs (or None), positions, attention_mask (B, T); target
     (B,) or (B, T)."""
-    T = max(len(it.ids) for it in items)
-    B = len(items)
-    ids = np.full((B, T), pad_id, dtype=np.int64)
-    positions = np.zeros((B, T), dtype=np.int64)
-    mask = np.zeros((B, T), dtype=bool)
-    has_langs = items[0].langs is not None
-    langs = np.zeros((B, T), dtype=np.int64) if has_langs else None
-    token_task = isinstance(items[0].target, np.ndarray)
-    target = np.full((B, T), IGNORE, dtype=np.int64) if token_task else np.zeros(B, dtype=np.int64)
-    for i, it in enumerate(items):
-        n = len(it.ids)
-        ids[i, :n] = it.ids
-        positions[i, :n] = it.positions
-        mask[i, :n] = True
-        if has_langs:
-            langs[i, :n] = it.langs
-            langs[i, n:] = it.langs[0]
-        if token_task:
-            target[i, :n] = it.target
-        else:
-            target[i] = it.target
+    ids, mask = pad_batch([it.ids for it in items], pad_id)  # (B, T)
+    positions = pad_batch([it.positions for it in items], 0)[0]
+    langs = None
+    if items[0].langs is not None:  # padding carries the row's language
+        langs = np.where(mask, pad_batch([it.langs for it in items], 0)[0], np.array([[it.langs[0]] for it in items]))
+    if isinstance(items[0].target, np.ndarray):  # token task
+        target = pad_batch([it.target for it in items], IGNORE)[0]
+    else:
+        target = np.array([it.target for it in items], dtype=np.int64)
     return {"input_ids": torch.from_numpy(ids), "langs": None if langs is None else torch.from_numpy(langs),
             "positions": torch.from_numpy(positions), "attention_mask": torch.from_numpy(mask),
             "target": torch.from_numpy(target)}

@@ -32,6 +32,7 @@ import numpy as np
 from xlmkit.core.errors import DataError, reading
 from xlmkit.core.langs import canonical_lang
 from xlmkit.core.tables import table_markdown
+from xlmkit.data.contract import RunContract
 from xlmkit.tasks.io import Example
 
 
@@ -122,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.all_langs:
         langs = sorted(available)
     else:
-        model_langs = [canonical_lang(x) for x in loaded.vocab.get("languages", [])]
+        model_langs = [canonical_lang(x) for x in RunContract.from_vocab(loaded.vocab).languages]
         langs = sorted(lang for lang in model_langs if lang in available)
         absent = sorted(set(model_langs) - set(available))
         if absent:

@@ -54,6 +54,7 @@ from xlmkit.core.config import Config, config_from_dict, config_to_dict
 from xlmkit.core.errors import XlmkitError, reading
 from xlmkit.core.integrity import check_file, check_safetensors, checkpoint_problem, file_record
 from xlmkit.core.runtime import DistInfo, all_gather_tensor, is_sharded, unwrap_model
+from xlmkit.data.contract import VOCAB_FILE, write_vocab
 from xlmkit.model.int8 import dequantize_state_dict, is_quantized_state_dict
 
 FORMAT = "xlmkit-checkpoint"
@@ -615,7 +616,7 @@ def load_model(path: str | Path, which: str = "best", device: str | torch.device
     load_weights(model, ckpt, "cpu")
     model.to(device).eval()
     vocab = state.get("vocab")
-    run_vocab = ckpt.parent.parent / "vocab.json"
+    run_vocab = ckpt.parent.parent / VOCAB_FILE
     if vocab is None and run_vocab.is_file():
         try:
             with reading(run_vocab):
@@ -632,9 +633,7 @@ def write_run_files(run_dir: Path, cfg: Config, vocab: dict, tokenizer_path: str
 
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.json")
-    tmp = run_dir / "vocab.json.tmp"
-    tmp.write_text(json.dumps(vocab, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(run_dir / "vocab.json")
+    write_vocab(run_dir / VOCAB_FILE, vocab)
     if tokenizer_path is not None:
         src, dst = Path(tokenizer_path), run_dir / "tokenizer.json"
         if not src.is_file():

@@ -270,11 +270,16 @@ def prepare_run_dir(out_dir: Path, cfg: Config, data, vocab: dict, resume: bool,
         if diffs:
             raise XlmkitError(f"cannot resume from {ckpt}: the model config differs: " + "; ".join(diffs)
                               + f" (pass the original settings, e.g. --config {out_dir / 'config.json'})")
-        saved_vocab = state.get("vocab") or {}
-        for key in ("lang2id", "vocab_size", "specials"):
-            if key in saved_vocab and saved_vocab[key] != vocab[key]:
-                raise XlmkitError(f"cannot resume from {ckpt}: the data's {key} differs from the checkpoint's "
-                                  f"({saved_vocab[key]} != {vocab[key]}); was it prepared differently?")
+        if state.get("vocab"):
+            saved_c, data_c = RunContract.from_vocab(state["vocab"]), RunContract.from_vocab(vocab)
+            for key, theirs, mine in (
+                    ("lang2id", dict(saved_c.lang2id) or None, dict(data_c.lang2id)),
+                    ("vocab_size", saved_c.vocab_size, data_c.vocab_size),
+                    ("specials", dataclasses.asdict(saved_c.specials) if saved_c.has_specials else None,
+                     dataclasses.asdict(data_c.specials))):
+                if theirs is not None and theirs != mine:
+                    raise XlmkitError(f"cannot resume from {ckpt}: the data's {key} differs from the checkpoint's "
+                                      f"({theirs} != {mine}); was it prepared differently?")
         changed = config_differences(saved, cfg, ("train",))
         if changed and dist.is_main:
             print("[pretrain] resuming with changed train settings: " + "; ".join(changed))
