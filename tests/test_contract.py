@@ -115,3 +115,29 @@ def test_table_writer_and_reader_round_trip(tmp_path):
     assert "| **avg** |" in table_markdown(rows, ["lang", "acc"], average={"acc": 1.0}, average_label="avg")
     (tmp_path / "flat.json").write_text(json.dumps({"de": {"acc": 1.0}, "fr": {"acc": 2.0}}))
     assert [r["lang"] for r in read_tables(tmp_path / "flat.json")[0]["rows"]] == ["de", "fr"]
+
+
+def test_no_raw_vocab_reads_outside_the_contract():
+    """The run's vocab.json dict is read in one place, data/contract.py: no `vocab[...]` or
+    `vocab.get(...)` anywhere else in the package."""
+    import ast
+    from pathlib import Path
+
+    import xlmkit
+
+    root = Path(xlmkit.__file__).parent
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if path.relative_to(root).as_posix() == "data/contract.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            target = None
+            if isinstance(node, ast.Subscript):
+                target = node.value
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get":
+                target = node.func.value
+            name = target.id if isinstance(target, ast.Name) else target.attr if isinstance(target, ast.Attribute) \
+                else None
+            if name in ("vocab", "init_vocab", "saved_vocab", "run_vocab"):
+                found.append(f"{path.relative_to(root.parent)}:{node.lineno}")
+    assert not found, "raw vocab.json reads outside xlmkit/data/contract.py: " + ", ".join(found)

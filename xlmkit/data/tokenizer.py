@@ -224,8 +224,8 @@ def trim_unigram(tok, vocab_size: int, n_specials: int):
     from tokenizers import Tokenizer
 
     data = json.loads(tok.to_str())
-    vocab = data["model"]["vocab"]
-    specials, pieces = vocab[:n_specials], vocab[n_specials:]
+    scored = data["model"]["vocab"]  # [[piece, score], ...] (tokenizer.json, not the run's vocab.json)
+    specials, pieces = scored[:n_specials], scored[n_specials:]
     chars = [p for p in pieces if len(p[0]) == 1]
     others = sorted((p for p in pieces if len(p[0]) > 1), key=lambda p: -p[1])
     keep = {p[0] for p in others[: max(vocab_size - n_specials - len(chars), 0)]}

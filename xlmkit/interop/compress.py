@@ -224,9 +224,9 @@ def trim_tokenizer_json(tok_json: dict, keep_ids: set[int]) -> tuple[dict, list[
     model = tok_json["model"]
     kind = model.get("type")
     if kind == "Unigram":
-        vocab = model["vocab"]
-        kept = sorted(i for i in keep_ids if 0 <= i < len(vocab))
-        model["vocab"] = [vocab[i] for i in kept]
+        scored = model["vocab"]  # [[piece, score], ...] in id order (the tokenizer's, not the run's vocab.json)
+        kept = sorted(i for i in keep_ids if 0 <= i < len(scored))
+        model["vocab"] = [scored[i] for i in kept]
         if model.get("byte_fallback"):
             raise XlmkitError("trimming a byte-fallback Unigram tokenizer is not supported")
     elif kind == "BPE":
