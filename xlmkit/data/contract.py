@@ -196,12 +196,6 @@ class RunContract:
         most max_len ids."""
         return frame_ids(body, self.first_id, self.eos_id, max_len)
 
-    def frame_lines(self, tokenizer, lines: Sequence[str], max_len: int) -> list[list[int]]:
-        """Lines -> framed id lists. The tokenizer's own post-processor is not applied: framing is the
-        contract's, as in pretraining."""
-        encodings = tokenizer.encode_batch([line.strip() for line in lines], add_special_tokens=False)
-        return [self.frame(enc.ids, max_len) for enc in encodings]
-
     def pair(self, x1: Sequence[int], x2: Sequence[int], max_len: int, lang1: int | None = None,
              lang2: int | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, bool]:
         """Two sentences as one input (module docstring) -> (ids, langs or None, positions, truncated)."""
