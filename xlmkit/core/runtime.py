@@ -215,15 +215,16 @@ def shutdown_distributed() -> None:
 
 
 def wrap_model(model: nn.Module, dist: DistInfo, parallel: str = "none",
-               device: torch.device | str | None = None, layer_types: tuple[type, ...] = ()) -> nn.Module:
+               device: torch.device | str | None = None, units: tuple[type[nn.Module], ...] = ()) -> nn.Module:
     """The model the loop calls, on `device` (None: where it is). One process: the model itself
     (whatever `parallel` says). Several: DistributedDataParallel (parallel "none" or "ddp"), or the
-    model sharded in place with FSDP2 (parallel "fsdp"; see `shard_model`). Build the optimizer
+    model sharded in place with FSDP2 (parallel "fsdp"; see `shard_model`; `units`: the module classes
+    sharded one unit each, e.g. the model's layer class: runtime knows no model). Build the optimizer
     *after* this: FSDP replaces the parameters by sharded ones."""
     if parallel not in ("none", "ddp", "fsdp"):
         raise XlmkitError(f"unknown train.parallel {parallel!r}; use none, ddp or fsdp")
     if dist.enabled and parallel == "fsdp":
-        return shard_model(model, dist, device, layer_types)
+        return shard_model(model, dist, device, units)
     if device is not None:
         model = model.to(device)
     if not dist.enabled:
@@ -235,10 +236,10 @@ def wrap_model(model: nn.Module, dist: DistInfo, parallel: str = "none",
 
 
 def shard_model(model: nn.Module, dist: DistInfo, device: torch.device | str | None = None,
-                layer_types: tuple[type, ...] = ()) -> nn.Module:
-    """FSDP2 (torch.distributed.fsdp.fully_shard) over all ranks, in place: each TransformerLayer is
-    one unit (its parameters are all-gathered just before it runs and freed after), then the root
-    holds the rest: embeddings, the output layer's bias, final LayerNorms. The token embedding is
+                units: tuple[type[nn.Module], ...] = ()) -> nn.Module:
+    """FSDP2 (torch.distributed.fsdp.fully_shard) over all ranks, in place: each module of a class in
+    `units` (the caller's layer class, e.g. model.encoder.TransformerLayer) is one unit (its
+    parameters are all-gathered just before it runs and freed after), then the root holds the rest: embeddings, the output layer's bias, final LayerNorms. The token embedding is
     also the output layer's weight (tied, Press & Wolf 2017): one Parameter, owned by the root unit,
     so it stays tied; the root is the module whose forward computes the loss, so its parameters are
     gathered for the whole forward, the output layer included. Gradients are reduce-scattered as
@@ -248,9 +249,11 @@ def shard_model(model: nn.Module, dist: DistInfo, device: torch.device | str | N
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    if not units:
+        raise XlmkitError("FSDP needs the module classes to shard one unit each (units=(TransformerLayer,))")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     mesh = init_device_mesh(device.type, (dist.world_size,))  # cuda: this process's GPU (set_device)
-    layers = [m for m in model.modules() if layer_types and isinstance(m, layer_types)]
+    layers = [m for m in model.modules() if isinstance(m, tuple(units))]
     for layer in layers:
         fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)

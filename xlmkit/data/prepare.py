@@ -34,12 +34,13 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from xlmkit.core.config import PrepareConfig, config_to_dict
+from xlmkit.data.contract import RunContract
 from xlmkit.data.format import FORMAT, FORMAT_VERSION, SPLITS, SpecialIds, shard_paths, shard_records
 from xlmkit.core.errors import DataError
 from xlmkit.core.langs import canonical_lang, canonical_pair, check_lang
@@ -637,10 +638,9 @@ def reuse_tokenizer(path: str | Path, languages: list[str]) -> ReusedTokenizer:
         tok = Tokenizer.from_file(str(tok_path))
     except Exception as e:  # noqa: BLE001 (tokenizers raises a bare Exception)
         raise DataError(f"{tok_path}: not a tokenizers file ({e})") from None
-    specials = {k: int(v) for k, v in (vocab.get("specials") or {}).items()}
-    if sorted(specials) != sorted(("bos", "pad", "eos", "unk", "mask")):
-        raise DataError(f"{vocab_path}: 'specials' must give the ids of bos, pad, eos, unk and mask; got {specials}")
-    lang2id = {str(k): int(v) for k, v in (vocab.get("lang2id") or {}).items()}
+    contract = RunContract.from_vocab(vocab, source=vocab_path)
+    specials = asdict(contract.specials)
+    lang2id = dict(contract.lang2id)
     config = _read_json(run / "config.json").get("model", {}) if (run / "config.json").is_file() else {}
     has_lang_emb = bool(config.get("use_lang_emb", len(set(lang2id.values())) > 1))
     unknown = [lang for lang in languages if lang not in lang2id]
@@ -650,13 +650,11 @@ def reuse_tokenizer(path: str | Path, languages: list[str]) -> ReusedTokenizer:
                         f"for: {', '.join(sorted(lang2id)) or 'none'})")
     lang2id.update({lang: 0 for lang in unknown})
     n_tok = tok.get_vocab_size(with_added_tokens=True)
-    vocab_size = int(vocab.get("vocab_size") or n_tok)
+    vocab_size = contract.vocab_size or n_tok
     if vocab_size < n_tok:
         raise DataError(f"{vocab_path}: vocab_size {vocab_size} is smaller than its tokenizer ({n_tok} tokens)")
-    lang_tokens = {str(k): int(v) for k, v in (vocab.get("lang_tokens") or {}).items()}
-    special_ids = sorted({int(i) for i in vocab.get("special_ids", [])}
-                         | {i for i, t in tok.get_added_tokens_decoder().items() if t.special}
-                         | set(specials.values()) | set(lang_tokens.values()))
+    lang_tokens = dict(contract.lang_tokens)
+    special_ids = sorted(contract.reserved_ids(tok))
     digest = hashlib.sha256(tok_path.read_bytes() + vocab_path.read_bytes()).hexdigest()
     return ReusedTokenizer(tok, tok_path.resolve(), vocab_size, specials, lang2id, lang_tokens, special_ids, digest)
 

@@ -40,7 +40,7 @@ import numpy as np
 
 from xlmkit.data.format import SPECIAL_TOKENS, lang_tag
 from xlmkit.core.errors import DataError
-from xlmkit.train.objectives import language_probs
+from xlmkit.data.sampling import language_probs
 from xlmkit.data.text import CONTROL_CHARS, WHITESPACE_CHARS
 
 METASPACE = "▁"
@@ -59,7 +59,7 @@ MAX_EXACT_CHARS = 2000
 
 def language_shares(counts: dict[str, int], alpha: float) -> dict[str, float]:
     """q_i = n_i^alpha / sum_j n_j^alpha (Conneau et al. 2020, eq. 1), in sorted language order: the law
-    of xlmkit.train.objectives.language_probs, with every language required to have a sentence (a language
+    of xlmkit.data.sampling.language_probs, with every language required to have a sentence (a language
     with none has nothing to sample). alpha=1: proportional, 0: uniform."""
     if any(n <= 0 for n in counts.values()):
         raise ValueError(f"every language needs at least one sentence, got {counts}")
@@ -224,8 +224,8 @@ def trim_unigram(tok, vocab_size: int, n_specials: int):
     from tokenizers import Tokenizer
 
     data = json.loads(tok.to_str())
-    vocab = data["model"]["vocab"]
-    specials, pieces = vocab[:n_specials], vocab[n_specials:]
+    scored = data["model"]["vocab"]  # [[piece, score], ...] (tokenizer.json, not the run's vocab.json)
+    specials, pieces = scored[:n_specials], scored[n_specials:]
     chars = [p for p in pieces if len(p[0]) == 1]
     others = sorted((p for p in pieces if len(p[0]) > 1), key=lambda p: -p[1])
     keep = {p[0] for p in others[: max(vocab_size - n_specials - len(chars), 0)]}

@@ -37,100 +37,15 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
 from xlmkit.core.errors import DataError, XlmkitError
+from xlmkit.data.contract import RunContract
+from xlmkit.data.format import SpecialIds
 
-INT8_SUFFIX = ".int8"
-SCALE_SUFFIX = ".scale"
-SCHEME = "int8 symmetric per row (weight-only), fp32 scale per row"
-
-
-# ----------------------------------------------------------------------------------------------
-# int8 tensors
-
-
-def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(R, C) float -> (int8 (R, C), fp32 scale (R,)) with w ~= q * scale[:, None]; |q| <= 127,
-    each row's largest |w| maps to 127 (a zero row gets scale 1)."""
-    w = w.detach().float()
-    amax = w.abs().amax(dim=1)  # (R,)
-    scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))  # (R,)
-    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)  # (R, C)
-    return q, scale
-
-
-def dequantize_rows(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return q.float() * scale.float()[:, None]  # (R, C)
-
-
-def int8_tensor_names(model: nn.Module) -> list[str]:
-    """The state-dict names quantized in an XLMModel: every Linear weight and the token embeddings."""
-    names = ["token_embeddings.weight"]
-    names += [f"{name}.weight" for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    return names
-
-
-def quantize_state_dict(sd: dict[str, torch.Tensor], names: Sequence[str]) -> dict[str, torch.Tensor]:
-    out = {}
-    for k, v in sd.items():
-        if k in names:
-            q, s = quantize_rows(v)
-            out[k + INT8_SUFFIX], out[k + SCALE_SUFFIX] = q, s
-        else:
-            out[k] = v
-    return out
-
-
-def is_quantized_state_dict(sd: dict) -> bool:
-    return any(k.endswith(INT8_SUFFIX) for k in sd)
-
-
-def dequantize_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The fp32 state dict of a quantized one (`NAME.int8` + `NAME.scale` -> `NAME`)."""
-    out = {}
-    for k, v in sd.items():
-        if k.endswith(INT8_SUFFIX):
-            base = k[: -len(INT8_SUFFIX)]
-            if base + SCALE_SUFFIX not in sd:
-                raise XlmkitError(f"int8 tensor {k} has no {base + SCALE_SUFFIX}")
-            out[base] = dequantize_rows(v, sd[base + SCALE_SUFFIX])
-        elif k.endswith(SCALE_SUFFIX) and k[: -len(SCALE_SUFFIX)] + INT8_SUFFIX in sd:
-            continue
-        else:
-            out[k] = v
-    return out
-
-
-def int8_kernels(model: nn.Module) -> nn.Module:
-    """Replace the nn.Linear layers by PyTorch's dynamically quantized int8 ones (per-channel weights:
-    re-quantizing an int8-run's dequantized weights gives back its int8 values). CPU only, fp32
-    activations; returns the converted model (in place)."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao.quantization is deprecated in favour of torchao (not a dependency)
-        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-        return quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
-
-
-def compression_of(path: str | Path, which: str = "best") -> dict:
-    """The `compression` entry of a run's (or checkpoint's) state.json; {} for a plain run."""
-    from xlmkit.train.checkpoint import read_state, resolve_checkpoint
-
-    try:
-        return read_state(resolve_checkpoint(Path(path), which)).get("compression") or {}
-    except XlmkitError:
-        return {}
-
-
-def refuse_int8(path: str | Path, what: str, which: str = "best") -> None:
-    """One-line error when `what` (training) is asked of an int8 run."""
-    if compression_of(path, which).get("int8"):
-        raise XlmkitError(f"{path} is an int8-quantized run (xlmkit quantize): it cannot be used for {what}; "
-                          "its weights are rounded and it has no optimizer state. Use the fp32 run it was "
-                          "made from, then quantize the result")
+from xlmkit.model.int8 import (INT8_SUFFIX, SCALE_SUFFIX, SCHEME, dequantize_rows, dequantize_state_dict,  # noqa: F401
+                               int8_kernels, int8_tensor_names, is_quantized_state_dict, quantize_rows,
+                               quantize_state_dict)
+from xlmkit.train.checkpoint import compression_of, refuse_int8  # noqa: F401
 
 
 # ----------------------------------------------------------------------------------------------
@@ -255,14 +170,11 @@ def quantize(src: str | Path, out: str | Path, which: str = "best", text: str | 
 # Vocabulary trimming
 
 
-def special_ids(vocab: dict, tok_json: dict) -> set[int]:
+def special_ids(vocab: dict | RunContract, tok_json: dict) -> set[int]:
     """Every id that must survive trimming: the tokenizer's added tokens, vocab.json's specials,
     special_ids and language tags."""
-    ids = {int(t["id"]) for t in tok_json.get("added_tokens", [])}
-    ids |= {int(v) for v in (vocab.get("specials") or {}).values() if isinstance(v, int)}
-    ids |= {int(v) for v in vocab.get("special_ids") or []}
-    ids |= {int(v) for v in (vocab.get("lang_tokens") or {}).values()}
-    return ids
+    c = vocab if isinstance(vocab, RunContract) else RunContract.from_vocab(vocab)
+    return {int(t["id"]) for t in tok_json.get("added_tokens", [])} | c.reserved_ids()
 
 
 def ids_in_text(tokenizer, lines: Iterable[str]) -> set[int]:
@@ -278,13 +190,13 @@ def ids_in_text(tokenizer, lines: Iterable[str]) -> set[int]:
     return out
 
 
-def ids_in_prepared(vocab: dict, langs: Sequence[str]) -> set[int]:
+def ids_in_prepared(vocab: dict | RunContract, langs: Sequence[str]) -> set[int]:
     """Ids occurring in the run's prepared shards (vocab.json data_dir) of `langs`: every split of their
     monolingual shards and their sides of the parallel ones."""
     from xlmkit.data.format import PreparedData
     from xlmkit.core.langs import canonical_lang
 
-    data_dir = vocab.get("data_dir")
+    data_dir = (vocab if isinstance(vocab, RunContract) else RunContract.from_vocab(vocab)).data_dir
     if not data_dir or not Path(data_dir).is_dir():
         raise DataError(f"--langs needs the run's prepared data (vocab.json data_dir: {data_dir!r} not found); "
                         "pass --text FILE instead")
@@ -332,9 +244,9 @@ def trim_tokenizer_json(tok_json: dict, keep_ids: set[int]) -> tuple[dict, list[
     model = tok_json["model"]
     kind = model.get("type")
     if kind == "Unigram":
-        vocab = model["vocab"]
-        kept = sorted(i for i in keep_ids if 0 <= i < len(vocab))
-        model["vocab"] = [vocab[i] for i in kept]
+        scored = model["vocab"]  # [[piece, score], ...] in id order (the tokenizer's, not the run's vocab.json)
+        kept = sorted(i for i in keep_ids if 0 <= i < len(scored))
+        model["vocab"] = [scored[i] for i in kept]
         if model.get("byte_fallback"):
             raise XlmkitError("trimming a byte-fallback Unigram tokenizer is not supported")
     elif kind == "BPE":
@@ -385,14 +297,14 @@ def trim_run(src: str | Path, out: str | Path, text_files: Sequence[str | Path] 
     loaded, head = _load_any(src, which)
     tok_json = json.loads(Path(loaded.tokenizer_path).read_text(encoding="utf-8"))
     tokenizer = Tokenizer.from_file(str(loaded.tokenizer_path))
-    vocab = dict(loaded.vocab)
+    contract = RunContract.from_vocab(loaded.vocab)
     if text_files:
         found = set()
         for f in text_files:
             found |= ids_in_text(tokenizer, read_lines(f))
     else:
-        found = ids_in_prepared(vocab, langs)
-    new_json, kept = trim_tokenizer_json(tok_json, found | special_ids(vocab, tok_json))
+        found = ids_in_prepared(contract, langs)
+    new_json, kept = trim_tokenizer_json(tok_json, found | special_ids(contract, tok_json))
     old_v = loaded.config.model.vocab_size
     if kept[-1] >= old_v:
         raise XlmkitError(f"{src}: the tokenizer has ids beyond the model's vocab_size {old_v}")
@@ -403,17 +315,15 @@ def trim_run(src: str | Path, out: str | Path, text_files: Sequence[str | Path] 
     sd["mlm_head.bias"] = sd["mlm_head.bias"][index].clone()
     mcfg = dataclasses.replace(loaded.config.model, vocab_size=len(kept), pad_id=new_of[loaded.config.model.pad_id])
     cfg = dataclasses.replace(loaded.config, model=mcfg)
-    vocab["vocab_size"] = len(kept)
-    if isinstance(vocab.get("specials"), dict):
-        vocab["specials"] = {k: (new_of[v] if isinstance(v, int) else v) for k, v in vocab["specials"].items()}
-    if vocab.get("special_ids"):
-        vocab["special_ids"] = [new_of[int(i)] for i in vocab["special_ids"]]
-    if vocab.get("lang_tokens"):
-        vocab["lang_tokens"] = {k: new_of[int(v)] for k, v in vocab["lang_tokens"].items()}
-    if vocab.get("data_dir"):
-        vocab["trimmed_data_dir"] = vocab["data_dir"]  # its shards use the old ids: not this run's data
-        vocab["data_dir"] = None
-    vocab["trimmed_from"] = str(src.resolve())
+    c = contract
+    extra = {**c.extra, **({"trimmed_data_dir": c.data_dir} if c.data_dir else {}),  # its shards use the old ids
+             "trimmed_from": str(src.resolve())}
+    vocab = c.replace(
+        vocab_size=len(kept),
+        specials=SpecialIds(**{k: new_of[v] for k, v in dataclasses.asdict(c.specials).items()}) if c.has_specials
+        else c.specials,
+        special_ids=tuple(new_of[i] for i in c.special_ids) if c.special_ids else c.special_ids,
+        lang_tokens={k: new_of[v] for k, v in c.lang_tokens.items()}, data_dir=None, extra=extra).to_vocab()
     prev = compression_of(src, which)
     compression = {**prev, "trim": {"old_vocab_size": old_v, "new_vocab_size": len(kept)}}
     Tokenizer.from_str(json.dumps(new_json))  # fails here, not in a user's hands, if the rewrite is invalid

@@ -59,6 +59,8 @@ from pathlib import Path
 
 from xlmkit.core.integrity import open_tokenizer
 from xlmkit.core.errors import XlmkitError
+from xlmkit.data.contract import RunContract, canonical_lang2id
+from xlmkit.data.format import SpecialIds
 
 FORMATS = ("xlm", "xlmr")
 MODEL_TYPES = {"xlm": "xlm", "xlm-roberta": "xlmr"}  # transformers model_type -> format
@@ -189,22 +191,21 @@ def check_exportable(model_cfg, fmt: str) -> None:
         raise XlmkitError(f"cannot export to format {fmt!r}: " + "; ".join(problems))
 
 
-def _specials(vocab: dict) -> dict[str, int]:
-    from xlmkit.data.format import SpecialIds
-
-    specials = vocab.get("specials") or dataclasses.asdict(SpecialIds())
-    return {r: int(specials[r]) for r in ROLES}
+def _specials(vocab: dict | RunContract) -> dict[str, int]:
+    c = vocab if isinstance(vocab, RunContract) else RunContract.from_vocab(vocab)
+    return {r: int(getattr(c.specials, r)) for r in ROLES}
 
 
 def hf_config(model_cfg, fmt: str, vocab: dict):
     """The transformers config object (XLMConfig / XLMRobertaConfig) of an xlmkit model."""
     tf = _transformers()
     m = model_cfg
-    ids = _specials(vocab)
+    contract = vocab if isinstance(vocab, RunContract) else RunContract.from_vocab(vocab)
+    ids = _specials(contract)
     common = dict(vocab_size=m.vocab_size, layer_norm_eps=m.layer_norm_eps, pad_token_id=ids["pad"],
                   bos_token_id=ids["bos"], eos_token_id=ids["eos"], tie_word_embeddings=True)
     if fmt == "xlm":
-        lang2id = {k: int(v) for k, v in (vocab.get("lang2id") or {}).items()}
+        lang2id = dict(contract.lang2id)
         cfg = tf.XLMConfig(
             emb_dim=m.dim, n_layers=m.n_layers, n_heads=m.n_heads, dropout=m.dropout,
             attention_dropout=m.attention_dropout, gelu_activation=True,
@@ -221,8 +222,8 @@ def hf_config(model_cfg, fmt: str, vocab: dict):
             attention_probs_dropout_prob=m.attention_dropout,
             max_position_embeddings=m.max_positions + ids["pad"] + 1, type_vocab_size=1, is_decoder=False,
             **common)
-        if vocab.get("lang2id"):  # not a transformers field: kept so that import restores the languages
-            cfg.lang2id = {k: int(v) for k, v in vocab["lang2id"].items()}
+        if contract.lang2id:  # not a transformers field: kept so that import restores the languages
+            cfg.lang2id = dict(contract.lang2id)
         cfg.architectures = ["XLMRobertaForMaskedLM"]
     return cfg
 
@@ -333,19 +334,19 @@ def export_run(run_dir: str | Path, out_dir: str | Path, fmt: str | None = None,
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise XlmkitError(f"{out_dir} exists and is not empty (pass --overwrite to replace its files)")
     loaded = load_model(run_dir, which=which)
-    model, cfg, vocab = loaded.model, loaded.config, loaded.vocab
+    model, cfg, contract = loaded.model, loaded.config, RunContract.from_vocab(loaded.vocab)
     fmt = fmt or default_format(cfg.model)
     check_exportable(cfg.model, fmt)
     if not loaded.tokenizer_path.is_file():
         raise XlmkitError(f"{run_dir}: tokenizer not found at {loaded.tokenizer_path}")
-    ids = _specials(vocab)
+    ids = _specials(contract)
     if ids["pad"] != cfg.model.pad_id:
         raise XlmkitError(f"{run_dir}: vocab.json pad id {ids['pad']} != model.pad_id {cfg.model.pad_id}")
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    export_tokenizer(loaded.tokenizer_path, out_dir, ids, str(vocab.get("sentence_wrap", "xlm")),
+    export_tokenizer(loaded.tokenizer_path, out_dir, ids, contract.wrap(),
                      cfg.model.max_positions)
-    hf_cfg = hf_config(cfg.model, fmt, vocab)
+    hf_cfg = hf_config(cfg.model, fmt, contract)
     hf_cfg.save_pretrained(str(out_dir))
     save_file(hf_state_dict(model, fmt), str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     return out_dir
@@ -410,16 +411,7 @@ def read_hf_weights(hf_dir: Path) -> dict:
 
 
 def _canonical_langs(lang2id: dict[str, int]) -> dict[str, int]:
-    from xlmkit.core.langs import canonical_lang
-
-    out = {}
-    for code, i in lang2id.items():
-        try:
-            c = canonical_lang(code)
-        except ValueError:
-            c = code
-        out[c if c not in out else code] = int(i)
-    return out
+    return canonical_lang2id(lang2id)
 
 
 def model_config_from_hf(hf: dict, weights: dict, special_ids: dict[str, int]):
@@ -761,19 +753,12 @@ def import_checkpoint(hf_dir: str | Path, run_dir: str | Path, languages: list[s
                                   tokenizer=kind)
     cfg = dataclasses.replace(cfg, prepare=prepare, model=model_cfg)
     languages_list = sorted(lang2id, key=lambda k: (lang2id[k], k))
-    vocab = {
-        "lang2id": lang2id,
-        "specials": ids,
-        "special_ids": special_ids,
-        "special_tokens": special_tokens,
-        "languages": languages_list,
-        "pairs": [],
-        "vocab_size": model_cfg.vocab_size,
-        "lang_tokens": {},
-        "sentence_wrap": wrap,
-        "data_dir": None,
-        "source": {"format": "transformers", "model_type": hf["model_type"], "path": str(hf_dir.resolve())},
-    }
+    vocab = RunContract(
+        specials=SpecialIds(**{r: int(ids[r]) for r in ROLES}), lang2id=lang2id, sentence_wrap=wrap,
+        vocab_size=model_cfg.vocab_size, languages=tuple(languages_list), special_ids=tuple(special_ids),
+        special_tokens=special_tokens,
+        extra={"source": {"format": "transformers", "model_type": hf["model_type"], "path": str(hf_dir.resolve())}},
+    ).to_vocab()
     save_model_run(run_dir, model, cfg, vocab, run_dir / "tokenizer.json")
     for note in notes:
         print(f"[xlmkit] note: {note}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from xlmkit.core.errors import XlmkitError
+from xlmkit.data.contract import RunContract
 from xlmkit.interop.hf import XLMR_NAMES, _transformers, hf_config, rename
 
 # decoder block: xlmkit name -> transformers name under decoder.roberta.encoder.layer.{i}
@@ -108,8 +109,9 @@ def to_transformers(model, vocab: dict):
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing or unexpected:
         raise XlmkitError(f"internal: export left {missing} unset and {unexpected} unused")
-    ids = {"bos": vocab["specials"]["bos"], "eos": vocab["specials"]["eos"], "pad": pad}
-    start = ids["eos"] if vocab.get("sentence_wrap", "xlm") == "xlm" else ids["bos"]
+    c = vocab if isinstance(vocab, RunContract) else RunContract.from_vocab(vocab)
+    ids = {"bos": c.specials.bos, "eos": c.eos_id, "pad": pad}
+    start = c.first_id  # </s> (xlm wrap) or <s> (roberta)
     for config in (hf.config, hf.generation_config):  # generate() reads the latter
         config.decoder_start_token_id, config.pad_token_id, config.eos_token_id = start, pad, ids["eos"]
         config.bos_token_id = ids["bos"]

@@ -29,20 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from xlmkit.core.errors import XlmkitError
-
-META_SUFFIX = ".json"
-FORMAT = "xlmkit-onnx"
-
-
-def _require(module: str):
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise XlmkitError(f"{module} is not installed; it comes with the onnx extra: "
-                          "pip install 'xlmkit[onnx]'") from None
-
+from xlmkit.model.onnx_session import FORMAT, META_SUFFIX, _require, embed_ids_onnx, read_meta, session  # noqa: F401
 
 class ExportWrapper(nn.Module):
     """encoder (+ head) with the graph's inputs and outputs."""
@@ -137,19 +124,6 @@ def export_onnx(run: str | Path, out: str | Path, which: str = "best", opset: in
     return meta
 
 
-def session(path: str | Path, threads: int | None = None):
-    """An onnxruntime CPU InferenceSession of `path`."""
-    ort = _require("onnxruntime")
-    path = Path(path)
-    if not path.is_file():
-        raise XlmkitError(f"no such ONNX file: {path}")
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
 def _feed(sess, inputs: dict[str, Tensor | np.ndarray]) -> dict[str, np.ndarray]:
     wanted = {i.name for i in sess.get_inputs()}
     return {k: (v.numpy() if torch.is_tensor(v) else v).astype(np.int64) for k, v in inputs.items() if k in wanted}
@@ -175,33 +149,3 @@ def parity(run: str | Path, onnx_path: str | Path, which: str = "best", lengths:
     return worst
 
 
-def embed_ids_onnx(sess, seqs: Sequence[Sequence[int]], pad_id: int, lang_id: int | None, batch_size: int = 64,
-                   dim: int | None = None) -> np.ndarray:
-    """`retrieval.embed_ids` (last layer) on onnxruntime -> (N, D) float32 in input order."""
-    names = {i.name for i in sess.get_inputs()}
-    if "langs" in names and lang_id is None:
-        lang_id = 0
-    out: np.ndarray | None = None
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        T = max(len(seqs[i]) for i in idx)
-        ids = np.full((len(idx), T), pad_id, dtype=np.int64)
-        mask = np.zeros((len(idx), T), dtype=np.int64)
-        for row, i in enumerate(idx):
-            ids[row, :len(seqs[i])] = seqs[i]
-            mask[row, :len(seqs[i])] = 1
-        feed = {"input_ids": ids, "attention_mask": mask,
-                "positions": np.broadcast_to(np.arange(T, dtype=np.int64), (len(idx), T)).copy()}
-        if "langs" in names:
-            feed["langs"] = np.full_like(ids, lang_id)
-        emb = sess.run(["sentence_embedding"], feed)[0]
-        if out is None:
-            out = np.zeros((len(seqs), emb.shape[1]), dtype=np.float32)
-        out[idx] = emb
-    return out if out is not None else np.zeros((0, dim or 0), dtype=np.float32)
-
-
-def read_meta(onnx_path: str | Path) -> dict:
-    f = Path(str(onnx_path) + META_SUFFIX)
-    return json.loads(f.read_text(encoding="utf-8")) if f.is_file() else {}

@@ -1,15 +1,131 @@
-"""CPU/GPU kernels used by the training code, apart from the model (the model knows nothing of them).
+"""CPU/GPU kernels: every place that picks a kernel by device lives here, so the model code
+(encoder, decoder) reads as plain math.
 
+    y = dropout(x, p, training)                             # CPU: an integer-bit keep mask; GPU: F.dropout
+    y = attention(q, k, v, attn_mask, is_causal, p)         # CPU with dropout: attention_with_dropout; else SDPA
+    y = layer_norm(ln, x, dtype)                            # fp32 statistics, output in the compute dtype
     loss_sum = output_loss_sum(h, weight, bias, targets)   # the output layer and its cross-entropy, fused on CPU
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from xlmkit.model.encoder import compute_dtype
+
+
+# ----------------------------------------------------------------------------------------------
+# Dropout
+
+
+# The bit pattern of 1.0 in each float dtype, as the signed integer type of the same width
+_ONE_BITS = {torch.float32: (torch.int32, 0x3F800000), torch.bfloat16: (torch.int16, 0x3F80),
+             torch.float16: (torch.int16, 0x3C00)}
+
+
+def keep_mask(shape: tuple[int, ...], p: float, device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Dropout's keep mask as numbers of `dtype`: 1.0 (keep) with probability 1 - p, rounded to
+    1/32768, else 0.0. Drawn as 16 random bits per element from torch's default generator (so
+    `torch.manual_seed` and saved RNG states reproduce it) and turned into 1.0 / 0.0 with integer
+    arithmetic on the bits: on the CPU, bernoulli_ draws a double per element and anything that goes
+    through a bool tensor (a comparison, torch.where) runs ~6x slower than a multiplication."""
+    n = math.prod(shape)
+    threshold = round((1.0 - p) * 32768) - 16384  # P(word >> 1 < threshold) = 1 - p
+    if threshold > 16383:  # p < 2^-16: keep everything
+        return torch.ones(shape, dtype=dtype, device=device)
+    # random_(-2**63, None) draws all 64 bits; plain random_() on int64 gives [0, 2^63), whose top
+    # 16-bit word would never be negative
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-2**63, None)
+    words = bits.view(torch.int16)[:n].view(shape)  # (*shape) uniform over [-2^15, 2^15)
+    # (word >> 1) - threshold lies in [-2^15, 2^15): no overflow, negative exactly when kept, so an
+    # arithmetic shift by 15 gives -1 (all bits set) for keep and 0 for drop
+    sign = words.bitwise_right_shift(1).sub_(threshold).bitwise_right_shift_(15)  # (*shape) int16: -1 | 0
+    if dtype not in _ONE_BITS:
+        return sign.neg_().to(dtype)
+    int_dtype, one_bits = _ONE_BITS[dtype]
+    return sign.to(int_dtype).bitwise_and_(one_bits).view(dtype)
+
+
+def dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """`F.dropout` (zero with probability p, scale the rest by 1 / (1 - p)). On the CPU the mask comes
+    from `keep_mask` and is applied by multiplication: bernoulli_ and a bool mask were ~20% of a CPU
+    MLM training step. On GPUs F.dropout is fused."""
+    if not training or p == 0.0 or x.device.type != "cpu":
+        return F.dropout(x, p, training)
+    # (x * keep) * scale rounds kept values exactly as F.dropout's x * scale does
+    return x * keep_mask(x.shape, p, x.device, x.dtype) * (1.0 / (1.0 - p))
+
+
+def attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, is_causal: bool,
+                           p: float) -> Tensor:
+    """`F.scaled_dot_product_attention(q, k, v, attn_mask, p, is_causal)` for training on the CPU,
+    where SDPA has no fused kernel once dropout_p > 0. In fp32 this is SDPA's math path step for step
+    (bit-identical without dropout, tested): softmax(q k^T / sqrt(hd)), dropout, @ v, with the dropout
+    mask from `keep_mask` instead of bernoulli_ on (B, H, T, T). In bf16 (under autocast) SDPA's math
+    path upcasts q, k, v to fp32; this keeps the two matrix products in bf16, as an eager bf16
+    attention does (HF's, for one), and the softmax too, whose CPU kernel computes in fp32 inside
+    (the same probabilities as softmax in fp32 rounded to bf16, 4x cheaper with its backward): ~3x
+    cheaper products and no (B, H, T, hd) or (B, H, T, T) casts. One difference from SDPA: a query
+    with no key to attend to (only in an all-padding sequence, whose outputs the model zeroes)
+    averages all keys instead of giving 0."""
+    # q, k, v (B, H, T, hd), one dtype; attn_mask None or bool (B, 1, 1|T, T), True = may attend
+    T = q.shape[-2]
+    with torch.autocast(q.device.type, enabled=False):  # dtypes are chosen here, not by autocast
+        scale = q.shape[-1] ** -0.25  # split between q and k, as SDPA does
+        scores = (q * scale) @ (k * scale).transpose(-2, -1)  # (B, H, T, T)
+        if is_causal:
+            attn_mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()  # (T, T)
+        if attn_mask is not None:
+            # the most negative float rather than -inf: a row with no key left stays finite instead
+            # of NaN (which would reach the gradients); any other row is exactly as with -inf
+            scores = scores.masked_fill(~attn_mask, torch.finfo(scores.dtype).min)
+        probs = scores.softmax(-1)  # (B, H, T, T); the CPU kernel accumulates bf16 in fp32
+        return dropout(probs, p, training=True) @ v  # (B, H, T, hd)
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype the blocks exchange activations in: autocast's (bf16) where autocast is on for x's
+    device, else x's own."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+def layer_norm(ln: nn.LayerNorm, x: Tensor, dtype: torch.dtype) -> Tensor:
+    """ln(x) with fp32 statistics, returned in `dtype`. Autocast runs LayerNorm in fp32 and returns
+    fp32, which every linear layer reading it casts back to bf16 (q, k and v: three times), in the
+    forward and again in the backward; returning the compute dtype once saves those casts, ~10% of a
+    CPU training step. The CPU kernel reads bf16 input with fp32 weights directly (mixed type)."""
+    if x.dtype == dtype and dtype != torch.float32 and x.device.type == "cpu":
+        with torch.autocast("cpu", enabled=False):
+            return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)  # fp32 statistics inside
+    return ln(x).to(dtype)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, is_causal: bool, p: float,
+              single_query_plain: bool = False) -> Tensor:
+    """Scaled dot-product attention with dropout p: `attention_with_dropout` on the CPU when p > 0
+    (SDPA has no fused CPU kernel with dropout), else `F.scaled_dot_product_attention`. With
+    `single_query_plain` (the decoder's steps), one bf16 query per row on the CPU takes the plain
+    product, which the CPU runs ~3.5x faster than SDPA's kernel does for a single bf16 query (in fp32
+    they are even: SDPA)."""
+    # q (B, H, T, hd), k, v (B, H, S, hd); attn_mask None or bool (B, 1, 1|T, S), True = may attend
+    if p > 0.0 and q.device.type == "cpu":
+        return attention_with_dropout(q, k, v, attn_mask, is_causal, p)  # (B, H, T, hd)
+    if (single_query_plain and q.shape[2] == 1 and q.device.type == "cpu" and q.dtype == torch.bfloat16
+            and not is_causal):
+        scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)  # (B, H, 1, S)
+        if attn_mask is not None:
+            scores = scores.masked_fill(~attn_mask, torch.finfo(scores.dtype).min)
+        return scores.softmax(-1) @ v  # (B, H, 1, hd)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=p)
+
+
+# ----------------------------------------------------------------------------------------------
+# The fused output layer + cross-entropy
 
 
 class _Workspace:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from xlmkit.core.errors import DataError
+from xlmkit.data.contract import RunContract
 
 
 def _table(header: list[str], rows: list[list]) -> str:
@@ -78,11 +79,11 @@ def describe_run(root: Path, verify: bool = False) -> str:
     """What a run directory holds: its vocab.json, resolved config, metrics and checkpoints."""
     out = [f"run: {root}"]
     if (root / "vocab.json").is_file():
-        v = _read_json(root / "vocab.json")
-        out.append(f"vocab {v.get('vocab_size')}; languages: {', '.join(v.get('languages', [])) or '-'}; "
-                   f"pairs: {', '.join(v.get('pairs', [])) or '-'}")
-        if v.get("data_dir"):
-            out.append(f"data: {v['data_dir']}")
+        v = RunContract.from_vocab(_read_json(root / "vocab.json"))
+        out.append(f"vocab {v.vocab_size}; languages: {', '.join(v.languages) or '-'}; "
+                   f"pairs: {', '.join(v.pairs) or '-'}")
+        if v.data_dir:
+            out.append(f"data: {v.data_dir}")
     if (root / "config.json").is_file():
         cfg = _read_json(root / "config.json")
         out.append(f"preset: {cfg.get('preset')}")

@@ -50,6 +50,7 @@ from typing import Any, Sequence
 
 from xlmkit.core.errors import DataError, XlmkitError
 from xlmkit.core.langs import canonical_lang
+from xlmkit.core.tables import table_markdown
 from xlmkit.tasks.io import (
     Example,
     check_labels,
@@ -187,8 +188,6 @@ _COUNT_KEYS = ("n", "n_sequences", "n_tokens")
 def markdown_table(rows: dict[str, dict], columns: list[tuple[str, str]], average: dict | None = None,
                    train_lang: str | None = None) -> str:
     """Rows of numbers as a Markdown table (percentages with one decimal; counts as integers)."""
-    header = "| lang | " + " | ".join(h for h, _ in columns) + " |"
-    lines = [header, "|" + "---|" * (len(columns) + 1)]
 
     def cell(row: dict, key: str) -> str:
         v = row.get(key)
@@ -196,20 +195,18 @@ def markdown_table(rows: dict[str, dict], columns: list[tuple[str, str]], averag
             return "-"
         return str(int(v)) if key in _COUNT_KEYS else _pct(v)
 
-    for lang, row in rows.items():
-        name = f"{lang} (train)" if lang == train_lang else lang
-        lines.append(f"| {name} | " + " | ".join(cell(row, k) for _, k in columns) + " |")
-    if average:
-        lines.append("| **avg** | " + " | ".join(cell(average, k) if k not in _COUNT_KEYS else "" for _, k in columns)
-                     + " |")
-    return "\n".join(lines)
+    keys = [k for _, k in columns]
+    table = [{"lang": f"{lang} (train)" if lang == train_lang else lang, **{k: cell(row, k) for k in keys}}
+             for lang, row in rows.items()]
+    avg = {k: cell(average, k) for k in keys if k not in _COUNT_KEYS} if average else None
+    return table_markdown(table, ["lang", *keys], average=avg, headers={k: h for h, k in columns},
+                          average_label="avg").rstrip("\n")
 
 
 def per_class_table(per_class: dict[str, dict]) -> str:
-    lines = ["| label | precision | recall | F1 | support |", "|---|---|---|---|---|"]
-    for lab, s in per_class.items():
-        lines.append(f"| {lab} | {_pct(s['precision'])} | {_pct(s['recall'])} | {_pct(s['f1'])} | {s['support']} |")
-    return "\n".join(lines)
+    table = [{"label": lab, "precision": _pct(s["precision"]), "recall": _pct(s["recall"]), "F1": _pct(s["f1"]),
+              "support": s["support"]} for lab, s in per_class.items()]
+    return table_markdown(table, ["label", "precision", "recall", "F1", "support"]).rstrip("\n")
 
 
 def average_rows(rows: dict[str, dict], langs: Sequence[str]) -> dict[str, float]:
@@ -239,7 +236,7 @@ def evaluate_language(ft_model, encoder, examples: list[Example], labels: Sequen
     notes = []
     langs = sorted({ex.lang for ex in examples})
     if encoder.spec.use_langs and encoder.has_lang_emb:
-        fallback = [lang for lang in langs if lang not in encoder.lang2id]
+        fallback = encoder.contract.missing_langs(langs)
         if fallback and encoder.spec.unknown_lang_id is not None:
             notes.append(f"no language embedding for {', '.join(fallback)}: given language id "
                          f"{encoder.spec.unknown_lang_id} (--unknown-lang-id)")

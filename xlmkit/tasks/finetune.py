@@ -63,8 +63,7 @@ from torch import Tensor, nn
 from xlmkit.core.config import Config, ConfigError, FinetuneConfig, config_from_dict, config_to_dict, load_config, parse_overrides
 from xlmkit.core.integrity import open_tokenizer
 from xlmkit.core.errors import DataError, XlmkitError
-from xlmkit.core.langs import canonical_lang
-from xlmkit.tasks.retrieval import sentence_format
+from xlmkit.data.contract import RunContract, pad_batch
 from xlmkit.train.engine import OptimConfig, row_bounds
 from xlmkit.train.engine import build_optimizer as engine_build_optimizer, lr_factor as engine_lr_factor
 from xlmkit.tasks.io import TASKS, Example, check_labels, group_by_lang, label_list, read_task_files
@@ -135,34 +134,27 @@ class EncodeStats:
 class TaskEncoder:
     """Examples -> `Encoded` for one model (its tokenizer, specials, lang2id, max positions)."""
 
-    def __init__(self, tokenizer, vocab: dict, spec: TaskSpec, model: nn.Module):
+    def __init__(self, tokenizer, vocab: dict | RunContract, spec: TaskSpec, model: nn.Module):
         self.tokenizer = tokenizer
         self.spec = spec
-        specials = vocab.get("specials") or {}
-        self.unk_id = int(specials.get("unk", 3))
-        self.max_len = min(spec.max_len, int(model.cfg.max_positions))
+        c = vocab if isinstance(vocab, RunContract) else RunContract.from_vocab(vocab, tokenizer)
         # the sentence framing the encoder saw in pretraining, as embed / retrieve frame sentences
-        self.wrap = str(vocab.get("sentence_wrap", "xlm"))
-        fmt = sentence_format(vocab, tokenizer, self.max_len, wrap=self.wrap)
-        self.first_id, self.eos_id, self.pad_id = fmt.first_id, fmt.last_id, fmt.pad_id
+        self.contract = c = c.with_wrap().for_model(model)
+        self.unk_id = c.specials.unk
+        self.max_len = min(spec.max_len, int(model.cfg.max_positions))
+        self.wrap = c.wrap()
+        self.first_id, self.eos_id, self.pad_id = c.first_id, c.eos_id, c.pad_id
         # pieces that are only the word-boundary marker (SentencePiece's "▁"): a word that starts with a
         # character the vocabulary cannot join to "▁" (punctuation, rare scripts) begins with one
         self.bare_ids = {i for tok, i in tokenizer.get_vocab().items() if tok and not tok.strip("▁ ")}
-        self.lang2id = {canonical_lang(k): int(v) for k, v in (vocab.get("lang2id") or {}).items()}
-        self.has_lang_emb = getattr(model, "lang_embeddings", None) is not None
+        self.lang2id = dict(c.lang2id)
+        self.has_lang_emb = c.has_lang_emb
         self.label_index = {lab: i for i, lab in enumerate(spec.labels)}
 
     def lang_id(self, lang: str, where: str) -> int | None:
-        if not self.spec.use_langs or not self.has_lang_emb:
+        if not self.spec.use_langs:
             return None
-        lid = self.lang2id.get(canonical_lang(lang))
-        if lid is None:
-            if self.spec.unknown_lang_id is not None:
-                return self.spec.unknown_lang_id
-            raise DataError(f"{where}: language {lang!r} has no language embedding in this model (it knows "
-                            f"{', '.join(sorted(self.lang2id)) or 'none'}); pass --unknown-lang-id LANG|ID to "
-                            f"give such languages another language's id")
-        return lid
+        return self.contract.lang_id(lang, unknown=self.spec.unknown_lang_id, where=where)
 
     def _target(self, ex: Example) -> int:
         return self.label_index[ex.label]
@@ -182,30 +174,19 @@ class TaskEncoder:
             encs = self.tokenizer.encode_batch([ex.text for ex in examples], add_special_tokens=False)
             keep = self.max_len - 2
             for ex, enc in zip(examples, encs):
-                body = enc.ids[:keep]
-                ids = np.array([self.first_id, *body, self.eos_id], dtype=np.int64)
+                ids = np.array(self.contract.frame(enc.ids, self.max_len), dtype=np.int64)
                 cut = len(enc.ids) > keep
                 stats.truncated += cut
                 out.append(Encoded(ids, self._langs(self.lang_id(ex.lang, ex.where()), len(ids)),
                                    np.arange(len(ids), dtype=np.int64), self._target(ex), truncated=cut))
         elif task == "pair":
-            from xlmkit.train.objectives import tlm_truncate
-
             enc_a = self.tokenizer.encode_batch([ex.text for ex in examples], add_special_tokens=False)
             enc_b = self.tokenizer.encode_batch([ex.text_b for ex in examples], add_special_tokens=False)
             for ex, ea, eb in zip(examples, enc_a, enc_b):
-                n1, n2 = tlm_truncate(len(ea.ids), len(eb.ids), self.max_len - 4)
-                cut = (n1, n2) != (len(ea.ids), len(eb.ids))
+                ids, langs, positions, cut = self.contract.pair(ea.ids, eb.ids, self.max_len,
+                                                                self.lang_id(ex.lang, ex.where()))
                 stats.truncated += cut
-                a = [self.first_id, *ea.ids[:n1], self.eos_id]
-                b = [self.eos_id, *eb.ids[:n2], self.eos_id]
-                ids = np.array(a + b, dtype=np.int64)
-                lid = self.lang_id(ex.lang, ex.where())
-                if self.wrap == "xlm":  # the TLM layout: positions restart for the second sentence
-                    positions = np.concatenate([np.arange(len(a)), np.arange(len(b))]).astype(np.int64)
-                else:
-                    positions = np.arange(len(ids), dtype=np.int64)
-                out.append(Encoded(ids, self._langs(lid, len(ids)), positions, self._target(ex), truncated=cut))
+                out.append(Encoded(ids, langs, positions, self._target(ex), truncated=cut))
         elif task == "token":
             encs = self.tokenizer.encode_batch([ex.tokens for ex in examples], is_pretokenized=True,
                                                add_special_tokens=False)
@@ -234,7 +215,7 @@ class TaskEncoder:
                 cut = len(body) < sum(max(1, len(p)) for p in pieces)
                 stats.truncated += cut
                 stats.dropped_labels += dropped
-                ids = np.array([self.first_id, *body, self.eos_id], dtype=np.int64)
+                ids = np.array(self.contract.frame(body), dtype=np.int64)
                 target = np.array([IGNORE, *targets, IGNORE], dtype=np.int64)
                 out.append(Encoded(ids, self._langs(self.lang_id(ex.lang, ex.where()), len(ids)),
                                    np.arange(len(ids), dtype=np.int64), target, np.array(word_pos, dtype=np.int64),
@@ -267,27 +248,15 @@ def training_batches(lengths: Sequence[int], batch_size: int, rng: np.random.Gen
 def collate(items: Sequence[Encoded], pad_id: int) -> dict[str, Tensor]:
     """Pad to the longest item: input_ids, langs (or None), positions, attention_mask (B, T); target
     (B,) or (B, T)."""
-    T = max(len(it.ids) for it in items)
-    B = len(items)
-    ids = np.full((B, T), pad_id, dtype=np.int64)
-    positions = np.zeros((B, T), dtype=np.int64)
-    mask = np.zeros((B, T), dtype=bool)
-    has_langs = items[0].langs is not None
-    langs = np.zeros((B, T), dtype=np.int64) if has_langs else None
-    token_task = isinstance(items[0].target, np.ndarray)
-    target = np.full((B, T), IGNORE, dtype=np.int64) if token_task else np.zeros(B, dtype=np.int64)
-    for i, it in enumerate(items):
-        n = len(it.ids)
-        ids[i, :n] = it.ids
-        positions[i, :n] = it.positions
-        mask[i, :n] = True
-        if has_langs:
-            langs[i, :n] = it.langs
-            langs[i, n:] = it.langs[0]
-        if token_task:
-            target[i, :n] = it.target
-        else:
-            target[i] = it.target
+    ids, mask = pad_batch([it.ids for it in items], pad_id)  # (B, T)
+    positions = pad_batch([it.positions for it in items], 0)[0]
+    langs = None
+    if items[0].langs is not None:  # padding carries the row's language
+        langs = np.where(mask, pad_batch([it.langs for it in items], 0)[0], np.array([[it.langs[0]] for it in items]))
+    if isinstance(items[0].target, np.ndarray):  # token task
+        target = pad_batch([it.target for it in items], IGNORE)[0]
+    else:
+        target = np.array([it.target for it in items], dtype=np.int64)
     return {"input_ids": torch.from_numpy(ids), "langs": None if langs is None else torch.from_numpy(langs),
             "positions": torch.from_numpy(positions), "attention_mask": torch.from_numpy(mask),
             "target": torch.from_numpy(target)}
@@ -790,8 +759,7 @@ def load_pretrained(model: str | Path, which: str = "best", config: str | Path |
     """The pretrained model of the run `model` with model.dropout overrides applied, and the fine-tuning
     settings (`finetune_config`) -> (LoadedModel, FinetuneConfig). `command` names the caller in the
     refusal of an int8 run."""
-    from xlmkit.train.checkpoint import load_model
-    from xlmkit.interop.compress import refuse_int8
+    from xlmkit.train.checkpoint import load_model, refuse_int8
 
     refuse_int8(model, f"{command} (training)", which)
     loaded = load_model(model, which=which, device="cpu")
@@ -805,21 +773,10 @@ def load_pretrained(model: str | Path, which: str = "best", config: str | Path |
     return loaded, ft
 
 
-def resolve_unknown_lang_id(value: str | None, vocab: dict, model: nn.Module) -> int | None:
+def resolve_unknown_lang_id(value: str | None, vocab: dict | RunContract, model: nn.Module) -> int | None:
     """--unknown-lang-id: a language of the model's lang2id or an integer id; None stays None."""
-    if value is None or getattr(model, "lang_embeddings", None) is None:
-        return None
-    n = model.lang_embeddings.num_embeddings
-    if value.strip().isdigit():
-        lid = int(value)
-        if lid >= n:
-            raise XlmkitError(f"--unknown-lang-id {lid} out of range: the model has {n} language ids")
-        return lid
-    lang2id = {canonical_lang(k): int(v) for k, v in (vocab.get("lang2id") or {}).items()}
-    code = canonical_lang(value)
-    if code not in lang2id:
-        raise XlmkitError(f"--unknown-lang-id {value!r} is not a language of the model ({', '.join(sorted(lang2id))})")
-    return lang2id[code]
+    c = vocab if isinstance(vocab, RunContract) else RunContract.from_vocab(vocab)
+    return c.for_model(model).resolve_unknown(value)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -31,6 +31,8 @@ import numpy as np
 
 from xlmkit.core.errors import DataError, reading
 from xlmkit.core.langs import canonical_lang
+from xlmkit.core.tables import table_markdown
+from xlmkit.data.contract import RunContract
 from xlmkit.tasks.io import Example
 
 
@@ -113,7 +115,7 @@ def langid(model: str | Path, data: str | Path, out: str | Path, langs: str | Se
     elif all_langs:
         langs = sorted(available)
     else:
-        model_langs = [canonical_lang(x) for x in loaded.vocab.get("languages", [])]
+        model_langs = [canonical_lang(x) for x in RunContract.from_vocab(loaded.vocab).languages]
         langs = sorted(lang for lang in model_langs if lang in available)
         absent = sorted(set(model_langs) - set(available))
         if absent:
@@ -145,13 +147,13 @@ def langid(model: str | Path, data: str | Path, out: str | Path, langs: str | Se
     confusions = sorted(((int(cm[i, j]), langs[i], langs[j]) for i in range(len(langs)) for j in range(len(langs))
                          if i != j and cm[i, j] > 0), reverse=True)[:10]
 
-    lines = ["| lang | n test | precision | recall | F1 |", "|---|---|---|---|---|"]
-    for lang in langs:
-        s = scores["per_class"][lang]
-        lines.append(f"| {lang} | {s['support']} | {_pct(s['precision'])} | {_pct(s['recall'])} | {_pct(s['f1'])} |")
-    lines.append(f"| **macro** | {scores['n']} | {_pct(scores['macro_precision'])} | {_pct(scores['macro_recall'])} "
-                 f"| {_pct(scores['macro_f1'])} |")
-    table = "\n".join(lines)
+    cols = ["lang", "n test", "precision", "recall", "F1"]
+    table = table_markdown(
+        [{"lang": lang, "n test": s["support"], "precision": _pct(s["precision"]), "recall": _pct(s["recall"]),
+          "F1": _pct(s["f1"])} for lang, s in ((lang, scores["per_class"][lang]) for lang in langs)], cols,
+        average={"n test": scores["n"], "precision": _pct(scores["macro_precision"]),
+                 "recall": _pct(scores["macro_recall"]), "F1": _pct(scores["macro_f1"])},
+        average_label="macro").rstrip("\n")
     md = ["# Language identification", "", f"- model: `{model}`", f"- data: `{data}`",
           f"- {len(langs)} languages; per language: {test_fraction:.2f} test, {dev_fraction:.2f} dev, "
           f"rest train (seed {seed}" + (f", at most {max_per_lang} sentences" if max_per_lang else "")

@@ -46,6 +46,7 @@ import numpy as np
 from xlmkit.core.integrity import open_tokenizer
 from xlmkit.core.errors import DataError, XlmkitError, reading
 from xlmkit.core.langs import canonical_lang
+from xlmkit.data.contract import RunContract, frame_ids, pad_batch
 
 # ----------------------------------------------------------------------------------------------
 # Retrieval metrics (pure numpy)
@@ -105,36 +106,20 @@ class SentenceFormat:
     max_len: int
 
 
-def _special_id(specials: dict, name: str, token: str, tokenizer, default: int) -> int:
-    if isinstance(specials.get(name), int):
-        return int(specials[name])
-    if isinstance(specials.get(token), int):  # {"</s>": 2} layout
-        return int(specials[token])
-    tid = tokenizer.token_to_id(token) if tokenizer is not None else None
-    return int(tid) if tid is not None else default
-
-
-def sentence_format(vocab: dict, tokenizer, max_len: int, wrap: str = "auto") -> SentenceFormat:
-    """`</s> … </s>` (XLM) or `<s> … </s>` (XLM-R, wrap "roberta"), ids from vocab.json specials."""
-    specials = vocab.get("specials") or {}
-    bos = _special_id(specials, "bos", "<s>", tokenizer, 0)
-    eos = _special_id(specials, "eos", "</s>", tokenizer, 2)
-    pad = _special_id(specials, "pad", "<pad>", tokenizer, 1)
-    if wrap == "auto":
-        wrap = str(vocab.get("sentence_wrap", "xlm"))
-    if wrap not in ("xlm", "roberta"):
-        raise XlmkitError(f"unknown sentence wrap {wrap!r}; use xlm (</s> … </s>) or roberta (<s> … </s>)")
+def sentence_format(vocab: dict | RunContract, tokenizer, max_len: int, wrap: str = "auto") -> SentenceFormat:
+    """`</s> … </s>` (XLM) or `<s> … </s>` (XLM-R, wrap "roberta"), ids from the run contract."""
+    c = vocab if isinstance(vocab, RunContract) else RunContract.from_vocab(vocab, tokenizer)
+    c = c.with_wrap(wrap)
     if max_len < 3:
         raise XlmkitError(f"--max-len must be >= 3, got {max_len}")
-    return SentenceFormat(first_id=eos if wrap == "xlm" else bos, last_id=eos, pad_id=pad, max_len=max_len)
+    return SentenceFormat(first_id=c.first_id, last_id=c.eos_id, pad_id=c.pad_id, max_len=max_len)
 
 
 def encode_sentences(tokenizer, lines: Sequence[str], fmt: SentenceFormat) -> list[list[int]]:
     """Lines -> wrapped id lists (subwords truncated so that the whole fits in fmt.max_len). The
     tokenizer's own post-processor is not applied: wrapping is ours, as in pretraining."""
     encodings = tokenizer.encode_batch([line.strip() for line in lines], add_special_tokens=False)
-    keep = fmt.max_len - 2
-    return [[fmt.first_id, *enc.ids[:keep], fmt.last_id] for enc in encodings]
+    return [frame_ids(enc.ids, fmt.first_id, fmt.last_id, fmt.max_len) for enc in encodings]
 
 
 def read_lines(path: str | Path) -> list[str]:
@@ -162,31 +147,16 @@ def model_has_lang_embeddings(model) -> bool:
     return getattr(model, "lang_embeddings", None) is not None
 
 
-def resolve_lang_id(lang: str, vocab: dict, model, unknown_lang_id: str | None = None) -> int | None:
+def resolve_lang_id(lang: str, vocab: dict | RunContract, model, unknown_lang_id: str | None = None) -> int | None:
     """The language-embedding id for `lang` (any code form), None when the model has no language
     embeddings. A language missing from lang2id gets `unknown_lang_id` (an integer id or a language
     of lang2id); without one it raises XlmkitError."""
-    if not model_has_lang_embeddings(model):
+    c = (vocab if isinstance(vocab, RunContract) else RunContract.from_vocab(vocab)).for_model(model)
+    if not c.has_lang_emb:
         return None
-    lang2id = vocab.get("lang2id") or {}
-    n_langs = model.lang_embeddings.num_embeddings
-    code = canonical_lang(lang)
-    if code in lang2id:
-        return int(lang2id[code])
-    if unknown_lang_id is None:
-        raise XlmkitError(f"the model has no language embedding for {code!r} (knows: "
-                          f"{', '.join(sorted(lang2id)) or 'none'}); pass --unknown-lang-id ID|LANG to "
-                          "embed it with another language's id")
-    if re.fullmatch(r"\d+", unknown_lang_id):
-        lid = int(unknown_lang_id)
-        if lid >= n_langs:
-            raise XlmkitError(f"--unknown-lang-id {lid} out of range: the model has {n_langs} language ids")
-        return lid
-    fallback = canonical_lang(unknown_lang_id)
-    if fallback not in lang2id:
-        raise XlmkitError(f"--unknown-lang-id {unknown_lang_id!r} is not a language of the model "
-                          f"({', '.join(sorted(lang2id))})")
-    return int(lang2id[fallback])
+    if canonical_lang(lang) in c.lang2id:
+        return c.lang_id(lang)
+    return c.lang_id(lang, unknown=c.resolve_unknown(unknown_lang_id))
 
 
 def embed_ids(model, seqs: Sequence[Sequence[int]], pad_id: int, lang_id: int | None = None, layer: int = -1,
@@ -211,13 +181,8 @@ def embed_ids(model, seqs: Sequence[Sequence[int]], pad_id: int, lang_id: int | 
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
-                T = max(len(seqs[i]) for i in idx)
-                ids = torch.full((len(idx), T), pad_id, dtype=torch.long)  # (B, T)
-                mask = torch.zeros((len(idx), T), dtype=torch.bool)  # (B, T) True = real token
-                for row, i in enumerate(idx):
-                    ids[row, : len(seqs[i])] = torch.as_tensor(seqs[i], dtype=torch.long)
-                    mask[row, : len(seqs[i])] = True
-                ids, mask = ids.to(device), mask.to(device)
+                ids, mask = pad_batch([seqs[i] for i in idx], pad_id)  # (B, T) int64, (B, T) True = real token
+                ids, mask = torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
                 langs = torch.full_like(ids, lang_id) if lang_id is not None else None  # (B, T)
                 with autocast(device, precision):
                     emb = model.sentence_embedding(ids, langs=langs, attention_mask=mask, layer=layer)  # (B, D)
@@ -233,7 +198,7 @@ class Encoder:
 
     model: object
     tokenizer: object
-    vocab: dict
+    contract: RunContract  # the run's vocab.json, for this model
     fmt: SentenceFormat
     layer: int = -1
     batch_size: int = 64
@@ -242,12 +207,12 @@ class Encoder:
     onnx_session: object | None = None  # an onnxruntime session (xlmkit.interop.onnx): embed on it instead
 
     def lang_id(self, lang: str) -> int | None:
-        return resolve_lang_id(lang, self.vocab, self.model, self.unknown_lang_id)
+        return resolve_lang_id(lang, self.contract, self.model, self.unknown_lang_id)
 
     def embed(self, lines: Sequence[str], lang: str) -> np.ndarray:
         seqs = encode_sentences(self.tokenizer, lines, self.fmt)
         if self.onnx_session is not None:
-            from xlmkit.interop.onnx import embed_ids_onnx
+            from xlmkit.model.onnx_session import embed_ids_onnx
 
             return embed_ids_onnx(self.onnx_session, seqs, self.fmt.pad_id, self.lang_id(lang), self.batch_size,
                                   self.model.cfg.dim)
@@ -279,7 +244,8 @@ def load_encoder(model_path: str | Path, which: str = "best", device: str = "aut
     model.to(dev).eval()
     engine = "torch"
     if dev.type == "cpu" and requested == "auto" and not random_init and onnx is None:
-        from xlmkit.interop.compress import compression_of, int8_kernels
+        from xlmkit.model.int8 import int8_kernels
+        from xlmkit.train.checkpoint import compression_of
 
         if compression_of(loaded.path).get("int8"):
             # an int8 run on the CPU, precision auto: PyTorch's int8 kernels (dynamically quantized
@@ -295,8 +261,8 @@ def load_encoder(model_path: str | Path, which: str = "best", device: str = "aut
                           f"{n_hidden - 1} or -1 = last layer) for this {n_hidden - 1}-layer model, got {layer}")
     max_positions = loaded.config.model.max_positions
     max_len = min(max_len or max_positions, max_positions)
-    vocab = loaded.vocab or {}
-    fmt = sentence_format(vocab, tokenizer, max_len, wrap)
+    contract = RunContract.from_vocab(loaded.vocab, tokenizer).for_model(model)
+    fmt = sentence_format(contract, tokenizer, max_len, wrap)
     try:
         step = read_state(loaded.path).get("step")
     except XlmkitError:
@@ -308,7 +274,7 @@ def load_encoder(model_path: str | Path, which: str = "best", device: str = "aut
             "wrap": "xlm" if fmt.first_id == fmt.last_id else "roberta", "precision": precision, "engine": engine}
     onnx_session = None
     if onnx is not None:
-        from xlmkit.interop.onnx import read_meta, session
+        from xlmkit.model.onnx_session import read_meta, session
 
         if random_init:
             raise XlmkitError("--onnx and --random-init cannot be combined")
@@ -320,7 +286,7 @@ def load_encoder(model_path: str | Path, which: str = "best", device: str = "aut
                               f"{loaded.config.model.dim}")
         onnx_session = session(onnx)
         info.update(engine="onnxruntime", onnx=str(onnx))
-    enc = Encoder(model, tokenizer, vocab, fmt, layer, batch_size, precision, unknown_lang_id, onnx_session)
+    enc = Encoder(model, tokenizer, contract, fmt, layer, batch_size, precision, unknown_lang_id, onnx_session)
     if precision_note.startswith("warning"):  # an explicit bf16 where it is emulated
         print(f"[embed] {precision_note}", file=sys.stderr)
     return enc, info
@@ -486,7 +452,7 @@ def retrieve(model: str | Path, data: str | Path, out: str | Path | None = None,
     default: RUN/eval/retrieve-<data dir name>[-centered][-random-init]) -> {"rows", "columns",
     "average", "notes", "json", "markdown"}; no rows when no language could be evaluated. The keyword
     options are `load_encoder`'s."""
-    from xlmkit.report.render import average_of, table_markdown, write_table
+    from xlmkit.core.tables import average_of, table_markdown, write_table
 
     if max_sentences < 0:
         raise XlmkitError("--max-sentences must be >= 0")
@@ -501,7 +467,7 @@ def retrieve(model: str | Path, data: str | Path, out: str | Path | None = None,
                              random_init=random_init, seed=seed, onnx=onnx)
     langs = _parse_langs(langs)
     if langs is None:
-        known = [canonical_lang(x) for x in (enc.vocab.get("lang2id") or {})]
+        known = list(enc.contract.lang2id)
         langs = sorted(lang for lang in bitexts if lang in known) if known else sorted(bitexts)
         if not langs:
             raise DataError(f"{data_dir}: none of the model's languages ({', '.join(sorted(known))}) has a "

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from xlmkit.data.contract import pad_batch
+
 # ----------------------------------------------------------------------------------------------
 # Noise (denoising auto-encoding)
 
@@ -105,24 +107,14 @@ class Seq2SeqBatch:
                                                         self.tgt_langs, self.targets, self.target_mask)))
 
 
-def _pad(seqs: Sequence[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    T = max(len(s) for s in seqs)
-    ids = np.full((len(seqs), T), pad_id, dtype=np.int64)
-    mask = np.zeros((len(seqs), T), dtype=bool)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = s
-        mask[i, :len(s)] = True
-    return ids, mask
-
-
 def collate_pairs(src: Sequence[np.ndarray], tgt: Sequence[np.ndarray], src_lang: int, tgt_lang: int,
                   pad_id: int) -> Seq2SeqBatch:
     """Framed source and target sequences (each `bos ... eos`) -> one padded batch: the decoder reads
     tgt[:-1] and predicts tgt[1:] (teacher forcing)."""
     if len(src) != len(tgt) or not src:
         raise ValueError(f"collate_pairs: {len(src)} sources and {len(tgt)} targets")
-    src_ids, src_mask = _pad(src, pad_id)
-    full, full_mask = _pad(tgt, pad_id)
+    src_ids, src_mask = pad_batch(src, pad_id)
+    full, full_mask = pad_batch(tgt, pad_id)
     tgt_ids, targets = full[:, :-1], full[:, 1:]
     target_mask = full_mask[:, 1:]
     as_long = torch.from_numpy
@@ -162,7 +154,7 @@ def back_translation_pairs(model, seqs: Sequence[np.ndarray], lang: int, other_l
     from xlmkit.model.generate import GenerationConfig, generate
 
     gen_cfg = gen_cfg or GenerationConfig()
-    src_ids, src_mask = _pad(seqs, pad_id)
+    src_ids, src_mask = pad_batch(seqs, pad_id)
     device = model.token_weight.device
     src = torch.from_numpy(src_ids).to(device)
     out = generate(model, src, torch.full_like(src, lang), other_lang, gen_cfg, bos_id, eos_id,

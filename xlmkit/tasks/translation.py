@@ -186,11 +186,12 @@ class Framing:
 
 
 def framing_of(vocab: dict, tokenizer, max_len: int) -> Framing:
-    from xlmkit.tasks.retrieval import sentence_format
+    """The run contract's sentence frame (`</s> x </s>` for XLM, `<s> x </s>` for XLM-R imports): the
+    decoder starts from the frame's first id and stops at its last."""
+    from xlmkit.data.contract import RunContract
 
-    fmt = sentence_format(vocab, tokenizer, max_len)
-    mask_id = int((vocab.get("specials") or {}).get("mask", 4))
-    return Framing(fmt.first_id, fmt.last_id, fmt.pad_id, mask_id, max_len, dict(vocab.get("lang2id") or {}))
+    c = RunContract.from_vocab(vocab, tokenizer)
+    return Framing(c.first_id, c.eos_id, c.pad_id, int(c.specials.mask), max_len, dict(c.lang2id))
 
 
 class TranslationSampler:
@@ -339,13 +340,13 @@ def translate_ids(model, sources: Sequence[np.ndarray], src_lang: int | None, tg
     length, so a batch pads to about its own sentences' length."""
     from xlmkit.core.runtime import autocast
     from xlmkit.model.generate import generate
-    from xlmkit.tasks.seq2seq import _pad
+    from xlmkit.data.contract import pad_batch
 
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     out: list[list[int]] = [[] for _ in sources]
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        ids, mask = _pad([sources[i] for i in idx], framing.pad_id)
+        ids, mask = pad_batch([sources[i] for i in idx], framing.pad_id)
         src = torch.from_numpy(ids).to(device)
         langs = None if src_lang is None else torch.full_like(src, src_lang)
         with autocast(device, precision):
@@ -521,7 +522,7 @@ def load_translator(run: str | Path, which: str = "best", device: str = "auto", 
                           f"`xlmkit train-mt`")
     state = read_state(ckpt)
     cfg = config_from_dict(state["config"])
-    vocab = state.get("vocab") or {}
+    vocab = state.get("vocab")
     dev = pick_device(device)
     precision, _ = choose_precision(precision, dev)
     model = EncoderDecoder(cfg.model)
@@ -531,7 +532,7 @@ def load_translator(run: str | Path, which: str = "best", device: str = "auto", 
     tokenizer = open_tokenizer(tok_path)
     framing = framing_of(vocab, tokenizer, min(max_len or cfg.mt.max_len, cfg.model.max_positions))
     directions = tuple((state.get("task") or {}).get("directions") or ())
-    return Translator(model, framing, tokenizer, directions, dict(vocab.get("lang2id") or {}),
+    return Translator(model, framing, tokenizer, directions, framing.lang2id,
                       model.encoder.lang_embeddings is not None, dev, precision, ckpt)
 
 
@@ -549,11 +550,10 @@ def translator_from_pretrained(run: str | Path, device: str = "cpu", precision: 
     dev = pick_device(device)
     model.to(dev).eval()
     tokenizer = open_tokenizer(loaded.tokenizer_path)
-    lang2id = dict(loaded.vocab.get("lang2id") or {})
-    directions = tuple(f"{a}-{b}" for a in lang2id for b in lang2id if a != b)
-    return Translator(model, framing_of(loaded.vocab, tokenizer, min(max_len, loaded.config.model.max_positions)),
-                      tokenizer, directions, lang2id, model.encoder.lang_embeddings is not None, dev, precision,
-                      loaded.path)
+    framing = framing_of(loaded.vocab, tokenizer, min(max_len, loaded.config.model.max_positions))
+    directions = tuple(f"{a}-{b}" for a in framing.lang2id for b in framing.lang2id if a != b)
+    return Translator(model, framing, tokenizer, directions, framing.lang2id,
+                      model.encoder.lang_embeddings is not None, dev, precision, loaded.path)
 
 
 def check_direction(tr: Translator, src: str, tgt: str) -> None:

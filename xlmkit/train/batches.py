@@ -33,12 +33,13 @@ import numpy as np
 import torch
 
 from xlmkit.core.config import ConfigError, TrainConfig
+from xlmkit.data.contract import pad_batch
 from xlmkit.data.format import SPECIAL_TOKENS, PreparedData
 from xlmkit.core.errors import DataError
 from xlmkit.core.langs import canonical_lang, canonical_pair
+from xlmkit.data.sampling import language_probs
 from xlmkit.train.objectives import (
     clm_targets,
-    language_probs,
     mask_tokens,
     maskable_positions,
     sample_weights,
@@ -206,15 +207,9 @@ def _pair_arrays(side1, side2, pair_ids: np.ndarray, lang1_id: int, lang2_id: in
                  max_len: int) -> _Arrays:
     rows = [tlm_pair_layout(side1.sentence(int(i)), side2.sentence(int(i)), lang1_id, lang2_id, vocab.eos_id, max_len)
             for i in pair_ids]
-    b, t = len(rows), max(len(r[0]) for r in rows)  # padded to the longest pair of the batch
-    out = _Arrays(ids=np.full((b, t), vocab.pad_id, dtype=np.int64),
-                  langs=np.full((b, t), lang2_id, dtype=np.int64),
-                  positions=np.zeros((b, t), dtype=np.int64),
-                  attention_mask=np.zeros((b, t), dtype=bool))
-    for r, (ids, langs, positions) in enumerate(rows):
-        n = len(ids)
-        out.ids[r, :n], out.langs[r, :n], out.positions[r, :n], out.attention_mask[r, :n] = ids, langs, positions, True
-    return out
+    ids, mask = pad_batch([r[0] for r in rows], vocab.pad_id)  # padded to the longest pair of the batch
+    return _Arrays(ids=ids, langs=pad_batch([r[1] for r in rows], lang2_id)[0],
+                   positions=pad_batch([r[2] for r in rows], 0)[0], attention_mask=mask)
 
 
 def _tensor(x: np.ndarray, dtype: torch.dtype) -> torch.Tensor:

@@ -54,6 +54,8 @@ from xlmkit.core.config import Config, config_from_dict, config_to_dict
 from xlmkit.core.errors import XlmkitError, reading
 from xlmkit.core.integrity import check_file, check_safetensors, checkpoint_problem, file_record
 from xlmkit.core.runtime import DistInfo, all_gather_tensor, is_sharded, unwrap_model
+from xlmkit.data.contract import VOCAB_FILE, write_vocab
+from xlmkit.model.int8 import dequantize_state_dict, is_quantized_state_dict
 
 FORMAT = "xlmkit-checkpoint"
 FORMAT_VERSION = 1
@@ -427,9 +429,7 @@ def read_weights(path: Path, weight_files: dict[str, tuple[str, str]] | None, de
         if not f.is_file():
             raise XlmkitError(f"{path}: no {file}")
         part = read_tensors(f, device)
-        if any(k.endswith(".int8") for k in part):  # an int8 run (xlmkit quantize): dequantize on load
-            from xlmkit.interop.compress import dequantize_state_dict
-
+        if is_quantized_state_dict(part):  # an int8 run (xlmkit quantize): dequantize on load
             part = dequantize_state_dict(part)
         weights.update({prefix + k[len(file_prefix):]: v for k, v in part.items()})
     return weights
@@ -650,7 +650,7 @@ def load_model(path: str | Path, which: str = "best", device: str | torch.device
     load_weights(model, ckpt, "cpu")
     model.to(device).eval()
     vocab = state.get("vocab")
-    run_vocab = ckpt.parent.parent / "vocab.json"
+    run_vocab = ckpt.parent.parent / VOCAB_FILE
     if vocab is None and run_vocab.is_file():
         try:
             with reading(run_vocab):
@@ -667,9 +667,7 @@ def write_run_files(run_dir: Path, cfg: Config, vocab: dict, tokenizer_path: str
 
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.json")
-    tmp = run_dir / "vocab.json.tmp"
-    tmp.write_text(json.dumps(vocab, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(run_dir / "vocab.json")
+    write_vocab(run_dir / VOCAB_FILE, vocab)
     if tokenizer_path is not None:
         src, dst = Path(tokenizer_path), run_dir / "tokenizer.json"
         if not src.is_file():
@@ -689,3 +687,19 @@ def save_model_run(run_dir: str | Path, model: nn.Module, cfg: Config, vocab: di
         raise XlmkitError(f"{run_dir} already holds checkpoints; choose a new directory")
     write_run_files(run_dir, cfg, vocab, tokenizer_path)
     return save_checkpoint(best_dir(run_dir), model=model, cfg=cfg, step=0, vocab=vocab)
+
+
+def compression_of(path: str | Path, which: str = "best") -> dict:
+    """The `compression` entry of a run's (or checkpoint's) state.json; {} for a plain run."""
+    try:
+        return read_state(resolve_checkpoint(Path(path), which)).get("compression") or {}
+    except XlmkitError:
+        return {}
+
+
+def refuse_int8(path: str | Path, what: str, which: str = "best") -> None:
+    """One-line error when `what` (training) is asked of an int8 run."""
+    if compression_of(path, which).get("int8"):
+        raise XlmkitError(f"{path} is an int8-quantized run (xlmkit quantize): it cannot be used for {what}; "
+                          "its weights are rounded and it has no optimizer state. Use the fp32 run it was "
+                          "made from, then quantize the result")

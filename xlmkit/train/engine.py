@@ -246,7 +246,7 @@ def open_run_dir(out_dir: Path, resume: bool, dist, name: str, write_files: Call
             raise XlmkitError(found[1])
         ckpt = Path(found[0]) if found[0] is not None else None
         if (out_dir / "checkpoints").is_dir():
-            from xlmkit.interop.compress import refuse_int8
+            from xlmkit.train.checkpoint import refuse_int8
 
             refuse_int8(out_dir, f"{name} --resume")
         if ckpt is None:

@@ -19,34 +19,10 @@ negligible).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 
-# ----------------------------------------------------------------------------------------------
-# Language sampling
-
-
-def language_probs(counts: Mapping[str, int], alpha: float) -> dict[str, float]:
-    """p(lang) ∝ n_lang^alpha (Lample & Conneau 2019, section 3.1): alpha=1 samples proportionally to
-    the data, alpha=0 uniformly; alpha<1 up-samples low-resource languages (XLM uses 0.5 / 0.7).
-
-    A language with n = 0 gets p = 0 whatever alpha (0^0 would otherwise give it a uniform share)."""
-    if not counts:
-        raise ValueError("language_probs: no languages")
-    if alpha < 0:
-        raise ValueError(f"language_probs: alpha must be >= 0, got {alpha}")
-    names = list(counts)
-    n = np.array([counts[k] for k in names], dtype=np.float64)
-    if (n < 0).any():
-        raise ValueError(f"language_probs: negative count in {dict(counts)}")
-    if not (n > 0).any():
-        raise ValueError(f"language_probs: every count is zero: {dict(counts)}")
-    # Normalise first (as XLM does) so that n^alpha never overflows on big corpora.
-    q = np.where(n > 0, (n / n.sum()) ** alpha, 0.0)
-    q /= q.sum()
-    return {k: float(p) for k, p in zip(names, q)}
-
+from xlmkit.data.contract import pair_layout, tlm_truncate  # noqa: F401  (tlm_truncate re-exported)
+from xlmkit.data.sampling import language_probs  # noqa: F401  (re-exported: objectives' public API)
 
 # ----------------------------------------------------------------------------------------------
 # Masking (MLM and TLM)
@@ -221,15 +197,6 @@ def clm_targets(ids: np.ndarray, attention_mask: np.ndarray | None = None) -> tu
 # TLM
 
 
-def tlm_truncate(len1: int, len2: int, budget: int) -> tuple[int, int]:
-    """Lengths to keep so that len1 + len2 <= budget, trimming the longer side first ("longest first"):
-    a short sentence is kept whole and a long translation loses its end."""
-    if len1 + len2 <= budget:
-        return len1, len2
-    n1 = min(len1, max((budget + 1) // 2, budget - len2))
-    return n1, min(len2, budget - n1)
-
-
 def tlm_pair_layout(
     x1: np.ndarray, x2: np.ndarray, lang1_id: int, lang2_id: int, eos_id: int, max_len: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -242,11 +209,5 @@ def tlm_pair_layout(
     L = len1' + len2' + 4 <= max_len."""
     if max_len < 4:
         raise ValueError(f"tlm_pair_layout: max_len must be >= 4 (four separators), got {max_len}")
-    x1 = np.asarray(x1, dtype=np.int64)
-    x2 = np.asarray(x2, dtype=np.int64)
-    n1, n2 = tlm_truncate(len(x1), len(x2), max_len - 4)
-    eos = np.array([eos_id], dtype=np.int64)
-    ids = np.concatenate([eos, x1[:n1], eos, eos, x2[:n2], eos])
-    langs = np.concatenate([np.full(n1 + 2, lang1_id, dtype=np.int64), np.full(n2 + 2, lang2_id, dtype=np.int64)])
-    positions = np.concatenate([np.arange(n1 + 2, dtype=np.int64), np.arange(n2 + 2, dtype=np.int64)])
+    ids, langs, positions = pair_layout(x1, x2, eos_id, eos_id, max_len, lang1_id, lang2_id)
     return ids, langs, positions

@@ -19,7 +19,6 @@ RUN/tb/, RUN/checkpoints/ (see xlmkit.train.checkpoint), RUN/profile/ (train.pro
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import torch
@@ -28,6 +27,7 @@ from torch import Tensor, nn
 
 from xlmkit.core.config import Config, ConfigError, TrainConfig, config_from_dict
 from xlmkit.core.errors import XlmkitError
+from xlmkit.data.contract import VOCAB_FILE, RunContract
 from xlmkit.model.ops import output_loss_sum
 from xlmkit.train.engine import LoopConfig, OptimConfig, TrainJob, open_run_dir, row_bounds
 from xlmkit.train.engine import build_optimizer as engine_build_optimizer, lr_factor as engine_lr_factor
@@ -52,46 +52,41 @@ def resolve_config(cfg: Config, data, model=None) -> Config:
 
 
 def vocab_info(data) -> dict:
-    """RUN/vocab.json: what a user of the model needs to know of the data's vocabulary."""
-    info = {"lang2id": dict(data.lang2id), "specials": dataclasses.asdict(data.specials),
-            "languages": list(data.languages), "pairs": list(data.pairs), "vocab_size": data.vocab_size,
-            "lang_tokens": dict(data.lang_token_ids), "data_dir": str(Path(data.root).resolve())}
-    if "special_ids" in data.manifest:  # a reused tokenizer (`xlmkit prepare --tokenizer`)
-        info["special_ids"] = list(data.manifest["special_ids"])
-    return info
+    """RUN/vocab.json: what a user of the model needs to know of the data's vocabulary (the run contract)."""
+    return RunContract.from_data(data).to_vocab()
 
 
 def init_from(init: str | Path, cfg: Config, data, vocab: dict) -> tuple[Config, dict, Path]:
     """`--init RUN_OR_CHECKPOINT`: the model config of that run (not the preset's) and its checkpoint
     (best/, else the latest) to load the weights from. The data must have been prepared with the
     run's tokenizer and ids (`xlmkit prepare --tokenizer RUN`). Returns (config, vocab.json, checkpoint)."""
-    from xlmkit.train.checkpoint import resolve_checkpoint, read_state
-    from xlmkit.interop.compress import refuse_int8
+    from xlmkit.train.checkpoint import read_state, refuse_int8, resolve_checkpoint
 
     refuse_int8(init, "pretrain --init")
     ckpt = resolve_checkpoint(Path(init), "best")
     state = read_state(ckpt)
     model = config_from_dict(state["config"]).model
-    init_vocab = state.get("vocab") or {}
-    run_vocab = ckpt.parent.parent / "vocab.json"
-    if not init_vocab and run_vocab.is_file():
-        init_vocab = json.loads(run_vocab.read_text(encoding="utf-8"))
+    run_vocab = ckpt.parent.parent / VOCAB_FILE
+    if state.get("vocab"):
+        run = RunContract.from_vocab(state["vocab"])
+    else:
+        run = RunContract.read(run_vocab) if run_vocab.is_file() else RunContract(has_specials=False)
+    mine = RunContract.from_vocab(vocab)
     hint = f"; prepare the data with `xlmkit prepare --tokenizer {init}`"
-    if data.vocab_size != model.vocab_size or data.vocab_size != init_vocab.get("vocab_size", model.vocab_size):
+    if data.vocab_size != model.vocab_size or data.vocab_size != (run.vocab_size or model.vocab_size):
         raise XlmkitError(f"--init {init}: the data's vocab_size {data.vocab_size} differs from the model's "
                           f"{model.vocab_size}{hint}")
-    if "specials" in init_vocab and vocab["specials"] != init_vocab["specials"]:
-        raise XlmkitError(f"--init {init}: the data's special ids {vocab['specials']} differ from the run's "
-                          f"{init_vocab['specials']}{hint}")
-    run_lang2id = init_vocab.get("lang2id", {})
-    same = {k: v for k, v in vocab["lang2id"].items() if k in run_lang2id}
-    new = sorted(set(vocab["lang2id"]) - set(run_lang2id))
-    if same != {k: v for k, v in run_lang2id.items() if k in same} or (new and model.use_lang_emb):
-        raise XlmkitError(f"--init {init}: the data's lang2id {vocab['lang2id']} differs from the run's "
-                          f"{run_lang2id}{hint}")
-    vocab = {**vocab, **{k: init_vocab[k] for k in ("sentence_wrap", "special_tokens") if k in init_vocab},
-             "init": str(ckpt.resolve())}
-    return resolve_config(dataclasses.replace(cfg, model=model), data, model), vocab, ckpt
+    if run.has_specials and mine.specials != run.specials:
+        raise XlmkitError(f"--init {init}: the data's special ids {dataclasses.asdict(mine.specials)} differ from "
+                          f"the run's {dataclasses.asdict(run.specials)}{hint}")
+    same = {k: v for k, v in mine.lang2id.items() if k in run.lang2id}
+    new = sorted(set(mine.lang2id) - set(run.lang2id))
+    if same != {k: v for k, v in run.lang2id.items() if k in same} or (new and model.use_lang_emb):
+        raise XlmkitError(f"--init {init}: the data's lang2id {dict(mine.lang2id)} differs from the run's "
+                          f"{dict(run.lang2id)}{hint}")
+    out = mine.replace(sentence_wrap=run.sentence_wrap, special_tokens=run.special_tokens or mine.special_tokens,
+                       extra={**mine.extra, "init": str(ckpt.resolve())})
+    return resolve_config(dataclasses.replace(cfg, model=model), data, model), out.to_vocab(), ckpt
 
 
 def optim_config(cfg: TrainConfig) -> OptimConfig:
@@ -212,11 +207,16 @@ def check_resume(ckpt: Path, state: dict, cfg: Config, vocab: dict, out_dir: Pat
     if diffs:
         raise XlmkitError(f"cannot resume from {ckpt}: the model config differs: " + "; ".join(diffs)
                           + f" (pass the original settings, e.g. --config {out_dir / 'config.json'})")
-    saved_vocab = state.get("vocab") or {}
-    for key in ("lang2id", "vocab_size", "specials"):
-        if key in saved_vocab and saved_vocab[key] != vocab[key]:
-            raise XlmkitError(f"cannot resume from {ckpt}: the data's {key} differs from the checkpoint's "
-                              f"({saved_vocab[key]} != {vocab[key]}); was it prepared differently?")
+    if state.get("vocab"):
+        saved_c, data_c = RunContract.from_vocab(state["vocab"]), RunContract.from_vocab(vocab)
+        for key, theirs, mine in (
+                ("lang2id", dict(saved_c.lang2id) or None, dict(data_c.lang2id)),
+                ("vocab_size", saved_c.vocab_size, data_c.vocab_size),
+                ("specials", dataclasses.asdict(saved_c.specials) if saved_c.has_specials else None,
+                 dataclasses.asdict(data_c.specials))):
+            if theirs is not None and theirs != mine:
+                raise XlmkitError(f"cannot resume from {ckpt}: the data's {key} differs from the checkpoint's "
+                                  f"({theirs} != {mine}); was it prepared differently?")
     changed = config_differences(saved, cfg, ("train",))
     if changed and dist.is_main:
         print("[pretrain] resuming with changed train settings: " + "; ".join(changed))
