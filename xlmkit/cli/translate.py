@@ -43,21 +43,11 @@ def add_arguments_for(name: str, parser: argparse.ArgumentParser) -> None:
 
 
 def _read_input(path: str) -> tuple[list[str], str]:
-    from xlmkit.core.errors import DataError
-    from xlmkit.tasks.retrieval import read_lines
+    from xlmkit.tasks.retrieval import decode_lines, read_lines
 
     if path != "-":
         return read_lines(path), path
-    raw = sys.stdin.buffer.read()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise DataError(f"<stdin>:{line}: invalid UTF-8 ({e.reason})") from None
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return [line.rstrip("\r") for line in lines], "<stdin>"
+    return decode_lines(sys.stdin.buffer.read(), "<stdin>"), "<stdin>"
 
 
 def _translate(args, lines: list[str], where: str):

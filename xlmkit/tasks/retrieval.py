@@ -128,11 +128,16 @@ def read_lines(path: str | Path) -> list[str]:
         raise DataError(f"no such file: {path}")
     with reading(path):
         raw = path.read_bytes()
+    return decode_lines(raw, str(path))
+
+
+def decode_lines(raw: bytes, where: str) -> list[str]:
+    """UTF-8 bytes -> lines (no line ends); invalid UTF-8 is an error naming `where` and the line."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[:e.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: invalid UTF-8 ({e.reason}, byte {e.start} of the file)") from None
+        raise DataError(f"{where}:{line}: invalid UTF-8 ({e.reason}, byte {e.start} of the file)") from None
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()

@@ -428,27 +428,17 @@ def train_translation(cfg: Config, data_dir: str | Path, out_dir: str | Path, re
     pretrained run whose encoder initialises both halves (its model config replaces cfg.model; the
     data must be prepared with its tokenizer). Returns the final metrics ("bleu/de-en", ...)."""
     from xlmkit.core.integrity import open_tokenizer
-    from xlmkit.core.runtime import (barrier, choose_precision, init_distributed, pick_device, seed_everything,
-                                     shutdown_distributed)
-    from xlmkit.data.format import PreparedData
+    from xlmkit.core.runtime import barrier, seed_everything, shutdown_distributed
     from xlmkit.model.decoder import DecoderLayer
     from xlmkit.model.encoder import TransformerLayer
     from xlmkit.train.checkpoint import write_run_files
     from xlmkit.train.engine import TrainJob, open_run_dir, train
-    from xlmkit.train.pretrain import check_resume, init_from, loop_config, optim_config, resolve_config, vocab_info
+    from xlmkit.train.pretrain import check_resume, loop_config, optim_config, start_run
 
     out_dir = Path(out_dir)
-    dist = init_distributed(cfg.train.dist_timeout_s, cfg.train.device)
-    device = pick_device(cfg.train.device, dist)
-    precision, precision_note = choose_precision(cfg.train.precision, device)
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
-    data = PreparedData(data_dir)
-    vocab = vocab_info(data)
-    init_ckpt = None
-    if init is not None:
-        cfg, vocab, init_ckpt = init_from(init, cfg, data, vocab)
-    else:
-        cfg = resolve_config(cfg, data)
+    start = start_run(cfg, data_dir, init)
+    cfg, data, vocab, init_ckpt, dist, device = start.cfg, start.data, start.vocab, start.init, start.dist, start.device
+    precision, precision_note = cfg.train.precision, start.precision_note
     if cfg.mt.max_len > cfg.model.max_positions:
         raise ConfigError(f"mt.max_len ({cfg.mt.max_len}) exceeds model.max_positions ({cfg.model.max_positions})")
     steps = resolve_steps(cfg.mt, data)

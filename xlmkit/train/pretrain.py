@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -242,6 +243,38 @@ class PretrainSamplerChecked:
         self.sampler.load_state_dict(state)
 
 
+@dataclasses.dataclass(frozen=True)
+class RunStart:
+    cfg: Config  # resolved: precision, and the model's data-derived values (or --init's model)
+    data: Any  # PreparedData
+    vocab: dict  # RUN/vocab.json
+    init: Path | None  # the checkpoint --init starts from
+    dist: Any  # DistInfo
+    device: torch.device
+    precision_note: str
+
+
+def start_run(cfg: Config, data_dir: str | Path, init: str | Path | None) -> RunStart:
+    """What every run on prepared data starts with (pretraining, translation): the process group
+    under torchrun, the device, the precision the hardware gives, the data, and the config resolved
+    against them (or against --init's run)."""
+    from xlmkit.core.runtime import choose_precision, init_distributed, pick_device
+    from xlmkit.data.format import PreparedData
+
+    dist = init_distributed(cfg.train.dist_timeout_s, cfg.train.device)
+    device = pick_device(cfg.train.device, dist)
+    precision, precision_note = choose_precision(cfg.train.precision, device)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))  # resolved, in config.json
+    data = PreparedData(data_dir)
+    vocab = vocab_info(data)
+    init_ckpt = None
+    if init is not None:
+        cfg, vocab, init_ckpt = init_from(init, cfg, data, vocab)
+    else:
+        cfg = resolve_config(cfg, data)
+    return RunStart(cfg, data, vocab, init_ckpt, dist, device, precision_note)
+
+
 # ----------------------------------------------------------------------------------------------
 # Pretraining: the MLM / TLM / CLM task on the engine
 
@@ -255,26 +288,16 @@ def pretrain(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: boo
     cfg (xlmkit.train.distill: the loss is DistilBERT's, the student starts from the teacher where shapes
     agree). Returns the final metrics:
     {"step", "loss", "ppl/<lang>", "acc/<lang>", ..., "mean_ppl", "best_mean_ppl", "elapsed_s"}."""
-    from xlmkit.core.runtime import (barrier, choose_precision, init_distributed, pick_device, seed_everything,
-                                     shutdown_distributed)
-    from xlmkit.data.format import PreparedData
+    from xlmkit.core.runtime import barrier, seed_everything, shutdown_distributed
     from xlmkit.model.encoder import TransformerLayer, XLMModel
     from xlmkit.train.batches import PretrainSampler
     from xlmkit.train.checkpoint import load_weights, write_run_files
     from xlmkit.train.engine import train
 
     out_dir = Path(out_dir)
-    dist = init_distributed(cfg.train.dist_timeout_s, cfg.train.device)
-    device = pick_device(cfg.train.device, dist)
-    precision, precision_note = choose_precision(cfg.train.precision, device)
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))  # resolved, in config.json
-    data = PreparedData(data_dir)
-    vocab = vocab_info(data)
-    init_ckpt = None
-    if init is not None:
-        cfg, vocab, init_ckpt = init_from(init, cfg, data, vocab)
-    else:
-        cfg = resolve_config(cfg, data)
+    start = start_run(cfg, data_dir, init)
+    cfg, data, vocab, init_ckpt, dist, device = start.cfg, start.data, start.vocab, start.init, start.dist, start.device
+    precision_note = start.precision_note
     tcfg = cfg.train
     resume_from = open_run_dir(
         out_dir, resume, dist, "pretrain",
