@@ -194,3 +194,41 @@ def test_copied_run_dirs_stay_loadable(mt_run, tmp_path):
     a = translate(load_translator(mt_run, precision="fp32"), ["the cat ."], "en", "fr", beam_size=1).lines
     b = translate(load_translator(moved, precision="fp32"), ["the cat ."], "en", "fr", beam_size=1).lines
     assert a == b
+
+
+def test_export_of_a_translation_run_translates_the_same(tiny_prepared, tmp_path, capsys):
+    """`xlmkit export MT_RUN`: an XLM-R-style translation model (no language embeddings) becomes
+    transformers' EncoderDecoderModel with the same greedy tokens; an XLM one is refused, naming why."""
+    pytest.importorskip("transformers")
+    from transformers import EncoderDecoderModel
+
+    from xlmkit.model.generate import GenerationConfig
+    from xlmkit.tasks.translation import load_translator, translate_ids
+
+    run = tmp_path / "mt"
+    train_translation(config("train.max_steps=3", "train.eval_every=3", "mt.mt_steps=en-fr", "mt.eval_sentences=0",
+                             "model.use_lang_emb=false", "model.head_transform=true"), tiny_prepared, run,
+                      log=lambda s: None)
+    assert main(["export", str(run), str(tmp_path / "hf")]) == 0
+    hf = EncoderDecoderModel.from_pretrained(tmp_path / "hf").eval()
+    tr = load_translator(run, precision="fp32")
+    sents = [tr.framing.frame(tr.tokenizer.encode(s, add_special_tokens=False).ids)
+             for s in ("the cat sees the dog .", "the dog runs .")]
+    n = 6
+    ours = translate_ids(tr.model, sents, None, None, tr.framing, GenerationConfig(max_len_a=0, max_len_b=n + 1), 8,
+                         torch.device("cpu"))
+    for src, mine in zip(sents, ours):
+        ids = torch.tensor([src.tolist()])
+        row = hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n + 1, num_beams=1,
+                          do_sample=False)[0].tolist()[1:]
+        eos = tr.framing.eos_id
+        row = row[: row.index(eos)] if eos in row else row
+        assert mine == row[:n] and (len(mine) == n or len(row) == len(mine))
+    assert main(["export", str(tmp_path / "mt_xlm_missing"), str(tmp_path / "x")]) == 2  # no such run
+    capsys.readouterr()
+
+
+def test_export_refuses_a_translation_run_with_language_embeddings(mt_run, tmp_path, capsys):
+    assert main(["export", str(mt_run), str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot export this translation model" in err and "use_lang_emb" in err

@@ -333,6 +333,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, fmt: str | None = None,
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise XlmkitError(f"{out_dir} exists and is not empty (pass --overwrite to replace its files)")
+    if is_translation_run(run_dir, which):
+        return export_translation_run(run_dir, out_dir, which)
     loaded = load_model(run_dir, which=which)
     model, cfg, contract = loaded.model, loaded.config, RunContract.from_vocab(loaded.vocab)
     fmt = fmt or default_format(cfg.model)
@@ -350,6 +352,32 @@ def export_run(run_dir: str | Path, out_dir: str | Path, fmt: str | None = None,
     hf_cfg.save_pretrained(str(out_dir))
     save_file(hf_state_dict(model, fmt), str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     return out_dir
+
+
+def is_translation_run(run_dir: str | Path, which: str = "best") -> bool:
+    from xlmkit.tasks.translation import DECODER_FILE
+    from xlmkit.train.checkpoint import resolve_checkpoint
+
+    return (resolve_checkpoint(Path(run_dir), which) / DECODER_FILE).is_file()
+
+
+def export_translation_run(run_dir: str | Path, out_dir: Path, which: str = "best") -> Path:
+    """A `train-mt` run as transformers' EncoderDecoderModel (XLM-R halves, xlmkit.interop.hf_seq2seq)
+    with its tokenizer: the same greedy translations (tested). A model whose language embeddings
+    select the target language has no equivalent there and is refused, naming the option."""
+    from xlmkit.interop.hf_seq2seq import export_encoder_decoder, export_problems
+    from xlmkit.tasks.translation import load_translator
+    from xlmkit.train.checkpoint import read_state
+
+    tr = load_translator(run_dir, which, device="cpu", precision="fp32")
+    problems = export_problems(tr.model.cfg)
+    if problems:
+        raise XlmkitError(f"{run_dir}: cannot export this translation model to transformers: " + "; ".join(problems))
+    contract = RunContract.from_vocab(read_state(tr.path).get("vocab"), tr.tokenizer)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok_path = (tr.path / read_state(tr.path).get("tokenizer", "../../tokenizer.json")).resolve()
+    export_tokenizer(tok_path, out_dir, _specials(contract), contract.wrap(), tr.model.cfg.max_positions)
+    return export_encoder_decoder(tr.model, contract, out_dir)
 
 
 # ----------------------------------------------------------------------------------------------
