@@ -1,4 +1,4 @@
-"""torchrun entry point for tests/test_distributed.py: `python -m xlmkit ARGS...` in which one rank fails
+"""torchrun entry point for tests/train/test_distributed.py: `python -m xlmkit ARGS...` in which one rank fails
 on purpose, so the product code needs no test hook.
 
     python -m torch.distributed.run --nproc-per-node 2 tests/dist_worker.py crash:1:3 pretrain --data ...

@@ -25,7 +25,7 @@ from xlmkit.core.config import load_config
 from xlmkit.train.metrics import read_metrics
 from xlmkit.train.pretrain import pretrain
 
-WORKER = Path(__file__).with_name("dist_worker.py")
+WORKER = Path(__file__).parents[1] / "dist_worker.py"
 STEPS = 20
 OVERRIDES = (f"train.max_steps={STEPS}", "train.batch_size=8", "train.log_every=1", "train.eval_every=10",
              "train.save_every=10", "train.keep_last=3", "train.eval_batches=1", "train.precision=fp32",

@@ -24,7 +24,7 @@ from xlmkit.data.prepare import prepare_data
 from xlmkit.data.text import clean_line
 from xlmkit.data.tokenizer import FastEncoder, train_tokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def tiny(**changes):

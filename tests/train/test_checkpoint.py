@@ -156,7 +156,7 @@ def test_process_killed_mid_write_leaves_previous_checkpoint_loadable(tmp_path, 
     save_step(tmp_path, 1, model, opt, sched, cfg)
     script = textwrap.dedent(f"""
         import os, sys
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        sys.path[:0] = [{str(Path(__file__).parent)!r}, {str(Path(__file__).parents[1])!r}]
         import xlmkit.train.checkpoint as ck
         from test_checkpoint import tiny_config, trained_objects, save_step
         real = ck.write_tensors
