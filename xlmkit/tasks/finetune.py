@@ -682,10 +682,6 @@ def finetune(
         + (f" processes={dist.world_size}" if dist.world_size > 1 else ""))
     result = train(job, loop, optim_config(ft, total), out, dist, device, resume_from=resume_from,
                    log=log)
-    for r in result.history:
-        if r["split"] == "dev":
-            log(f"[finetune] epoch {r['epoch']} step {r['step']}/{total} | dev {key} {r.get(key, float('nan')):.4f}"
-                + (" (best)" if r["step"] == result.best.get("step") else ""))
     best = dict(result.best)
     if best:
         best = {"epoch": math.ceil(best["step"] / steps_per_epoch), **best}

@@ -366,7 +366,7 @@ def train(job: TrainJob, loop: LoopConfig, optim: OptimConfig, out_dir: str | Pa
                 last_train = window_means(window)
                 record({"step": step, "split": "train", **last_train, "lr": lr,
                         "tokens_per_s": window_tokens / max(now - window_start, 1e-9), "elapsed_s": elapsed()})
-                bar.set_postfix(loss=f"{last_train['loss']:.3f}")
+                bar.set_postfix(loss=f"{last_train['loss']:.3f}", tok_s=f"{history[-1]['tokens_per_s']:.0f}")
                 window.clear()
                 window_tokens, window_start = 0, now
             bar.update(1)
@@ -374,7 +374,11 @@ def train(job: TrainJob, loop: LoopConfig, optim: OptimConfig, out_dir: str | Pa
             if step % loop.eval_every == 0 or step == loop.max_steps:
                 last_eval = job.evaluate(model)
                 record({"step": step, "split": loop.eval_split, **last_eval})
-                if improved(last_eval.get(key), best, mode):  # every rank: saving is collective
+                is_best = improved(last_eval.get(key), best, mode)
+                if key in last_eval and dist.is_main:
+                    (bar.write if log is print else log)(f"[{loop.name}] step {step}: {loop.eval_split} {key} {last_eval[key]:.4f}"
+                              + (" (best)" if is_best else ""))
+                if is_best:  # every rank: saving is collective
                     best, bad_evals = last_eval[key], 0
                     best_record = {"step": step, key: best}
                     if writes:
