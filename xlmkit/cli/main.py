@@ -15,7 +15,7 @@ import sys
 
 # name -> (command module of xlmkit.cli, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("xlmkit.cli.demo", "the main job on a built-in default: prepare data, then a short pretraining"),
+    "demo": ("xlmkit.cli.demo", "the main job on a built-in default: prepare data, a short pretraining, a few seconds of translation"),
     "prepare": ("xlmkit.cli.prepare", "clean raw text, train a shared tokenizer, write token shards + manifest"),
     "train-tokenizer": ("xlmkit.cli.train_tokenizer", "train only the shared tokenizer on raw text"),
     "info": ("xlmkit.cli.info", "summarise a prepared data directory or a run directory"),
