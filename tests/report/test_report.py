@@ -159,3 +159,23 @@ def test_report_errors(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["report", str(tmp_path / "empty")]) == 2
     assert "nothing to report" in capsys.readouterr().err
+
+
+def test_report_draws_a_bar_chart_per_language_table(tmp_path):
+    """A per-language results table gets a grouped bar chart of its scores (not of its counts) under it."""
+    pytest.importorskip("matplotlib")
+    from xlmkit.report.render import bar_chart_columns, build_report
+
+    run = tmp_path / "run"
+    rows = [{"lang": lang, "n": 100, "accuracy": acc, "macro_f1": f1}
+            for lang, acc, f1 in (("en", 0.81, 0.8), ("de", 0.70, 0.69), ("ru", 0.55, 0.5))]
+    write_table(run / "eval" / "sib" / "results", rows, ["lang", "n", "accuracy", "macro_f1"], "SIB-200 zero-shot",
+                average={"accuracy": 0.625, "macro_f1": 0.595})
+    write_table(run / "eval" / "one", [{"lang": "en", "accuracy": 0.9}], ["lang", "accuracy"], "one row")
+    summary = build_report(run)
+    charts = [p for p in summary["figures"] if p.name.startswith("table_")]
+    assert len(charts) == 1 and charts[0].stat().st_size > 1000  # the one-row table has no chart
+    md = (run / "report" / "report.md").read_text()
+    assert f"](tables/{charts[0].name})" in md and f"tables/{charts[0].name}" in (run / "report" / "index.html").read_text()
+    assert bar_chart_columns({"columns": ["lang", "n", "accuracy", "macro_f1"], "rows": rows}) == ["accuracy",
+                                                                                                 "macro_f1"]

@@ -146,6 +146,59 @@ def plot_curves(records: Sequence[dict[str, Any]], out_dir: str | Path) -> list[
     return written
 
 
+# Columns that count things (examples, sentences): not plotted beside the scores.
+_COUNT_COLUMNS = {"n", "n test", "n_test", "support", "sentences", "examples", "count", "tokens", "steps"}
+
+
+def bar_chart_columns(table: dict[str, Any]) -> list[str]:
+    """The score columns of a per-row table worth a bar chart (numbers in most rows, not counts)."""
+    rows, columns = table.get("rows") or [], table.get("columns") or []
+    if len(rows) < 2 or len(columns) < 2:
+        return []
+    out = []
+    for col in columns[1:]:
+        if col.lower() in _COUNT_COLUMNS or col.lower().startswith("n_") or col.lower().startswith("n "):
+            continue
+        values = [r.get(col) for r in rows]
+        if sum(_is_number(v) and not isinstance(v, bool) for v in values) >= max(2, len(rows) // 2):
+            out.append(col)
+    return out[:4]  # grouped bars stay readable with a few metrics
+
+
+def plot_table_bars(table: dict[str, Any], path: str | Path) -> Path | None:
+    """A grouped bar chart of a table's score columns per row (per language, per direction), with
+    its average as a dashed line per metric; None when the table has nothing to chart."""
+    columns = bar_chart_columns(table)
+    if not columns:
+        return None
+    plt = _pyplot()
+    rows = table["rows"]
+    label_col = table["columns"][0]
+    labels = [str(r.get(label_col, "")) for r in rows]
+    n, k = len(rows), len(columns)
+    width = 0.8 / k
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * n * max(1, k / 2) + 2), 3.6), dpi=100)
+    average = table.get("average") or {}
+    for j, col in enumerate(columns):
+        xs = [i + (j - (k - 1) / 2) * width for i in range(n)]
+        ys = [float(r[col]) if _is_number(r.get(col)) else 0.0 for r in rows]
+        bars = ax.bar(xs, ys, width=width, label=col)
+        if _is_number(average.get(col)):
+            ax.axhline(float(average[col]), linestyle="--", linewidth=1, color=bars.patches[0].get_facecolor())
+    ax.set_xticks(range(n))
+    ax.set_xticklabels(labels, rotation=60 if n > 12 else 0, fontsize=8 if n > 12 else 9)
+    ax.set_title(table.get("title", ""), fontsize=10)
+    ax.grid(True, axis="y", alpha=0.3)
+    if k > 1 or average:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def final_validation_table(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     """Last validation record as a per-language table (ppl and acc), plus the best mean_ppl seen."""
     valid = [r for r in records if r.get("split") == "valid"]
@@ -294,6 +347,9 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, tables:
     figures = plot_curves(records, out_dir) if (plots and records) else []
     valid_table = final_validation_table(records)
     all_tables = ([valid_table] if valid_table else []) + found
+    # one bar chart per table of per-language (per-direction) scores, shown under its table
+    charts = {id(t): plot_table_bars(t, out_dir / "tables" / f"table_{i:02d}.png") if plots else None
+              for i, t in enumerate(all_tables)}
 
     notes = []
     if not metrics_path.is_file():
@@ -318,6 +374,8 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, tables:
         md.append("")
     for t in all_tables:
         md.append(table_markdown(t["rows"], t["columns"], t["title"], t["average"], t["notes"]))
+        if charts[id(t)] is not None:
+            md += [f"![{t['title']}]({_relative(charts[id(t)], out_dir)})", ""]
         if t.get("path"):
             md += [f"_source: `{_relative(t['path'], run_dir)}`_", ""]
     if notes:
@@ -337,6 +395,8 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, tables:
     for t in all_tables:
         h.append(f"<h2>{html.escape(t['title'])}</h2>")
         h.append(_table_html(t))
+        if charts[id(t)] is not None:
+            h.append(f'<img src="{html.escape(_relative(charts[id(t)], out_dir))}" alt="{html.escape(t["title"])}">')
         if t.get("path"):
             h.append(f'<p class="src">source: {html.escape(_relative(t["path"], run_dir))}</p>')
     if notes:
@@ -344,6 +404,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, tables:
     h.append("</body></html>")
     html_path = out_dir / "index.html"
     html_path.write_text("\n".join(h) + "\n", encoding="utf-8")
-    return {"out_dir": out_dir, "html": html_path, "markdown": md_path, "figures": [p for _, p in figures],
+    return {"out_dir": out_dir, "html": html_path, "markdown": md_path,
+            "figures": [p for _, p in figures] + [p for p in charts.values() if p is not None],
             "tables": list(dict.fromkeys(t["path"] for t in found)), "skipped": skipped, "bad_lines": bad}
 
