@@ -232,3 +232,32 @@ def test_export_refuses_a_translation_run_with_language_embeddings(mt_run, tmp_p
     assert main(["export", str(mt_run), str(tmp_path / "hf")]) == 2
     err = capsys.readouterr().err
     assert "cannot export this translation model" in err and "use_lang_emb" in err
+
+
+@pytest.fixture(scope="module")
+def clm_run(tiny_prepared, tmp_path_factory) -> Path:
+    from xlmkit.train.pretrain import pretrain
+
+    run = tmp_path_factory.mktemp("clm") / "run"
+    pretrain(load_config("tiny", ["train.max_steps=30", "train.eval_every=30", "train.eval_batches=1",
+                                  "train.precision=fp32", "train.device=cpu", "train.mlm_steps=none",
+                                  "train.tlm_steps=none", "train.clm_steps=en", "train.lr=3e-3"]), tiny_prepared, run)
+    return run
+
+
+def test_generate_continues_prompts_greedy_and_sampled(clm_run, capsys):
+    from xlmkit.tasks.translation import generate_texts
+
+    greedy = generate_texts(clm_run, ["the cat", "the dog sees"], "en", max_new_tokens=8, precision="fp32")
+    assert len(greedy) == 2 and greedy == generate_texts(clm_run, ["the cat", "the dog sees"], "en",
+                                                         max_new_tokens=8, precision="fp32")
+    # top-k 1 sampling is greedy; a seed makes sampling reproducible
+    assert generate_texts(clm_run, ["the cat"], "en", 8, sample=True, top_k=1, precision="fp32") == greedy[:1]
+    a = generate_texts(clm_run, ["the cat"] * 3, "en", 8, sample=True, seed=1, precision="fp32")
+    assert len(set(a)) > 1 and any(a)  # three draws of one generator differ
+    assert a == generate_texts(clm_run, ["the cat"] * 3, "en", 8, sample=True, seed=1, precision="fp32")
+    assert main(["generate", "--model", str(clm_run), "--lang", "en", "--prompt", "the cat", "--prompt", "a bird",
+                 "--max-new-tokens", "5", "--precision", "fp32"]) == 0
+    assert capsys.readouterr().out.count("\n") == 2  # one line per prompt, empty or not
+    assert main(["generate", "--model", str(clm_run), "--lang", "xx", "--prompt", "the cat"]) == 2
+    assert "xx" in capsys.readouterr().err

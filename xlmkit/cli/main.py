@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-mt": ("xlmkit.cli.translate", "train a translation model: mt / ae / bt steps, from a pretrained run"),
     "translate": ("xlmkit.cli.translate", "translate a file or stdin line by line with a train-mt run"),
     "evaluate-mt": ("xlmkit.cli.translate", "sacreBLEU and chrF of a train-mt run on a test set"),
+    "generate": ("xlmkit.cli.translate", "continue prompts with a run pretrained with CLM steps (greedy or sampled)"),
     "finetune": ("xlmkit.cli.finetune", "fine-tune a pretrained model on a classification or tagging task"),
     "evaluate": ("xlmkit.cli.evaluate", "zero-shot cross-lingual evaluation: train on one language, test on all"),
     "embed": ("xlmkit.cli.retrieval", "sentence embeddings of a text file"),

@@ -4,6 +4,7 @@ xlmkit.tasks.translation.
     xlmkit train-mt --data DATA --out MT --init PRETRAINED [--set mt.ae_steps=en,fr --set mt.bt_steps=en-fr,fr-en]
     xlmkit translate --model MT --from de --to en < in.de > out.en       # or --input / --output
     xlmkit evaluate-mt --model MT --from de --to en --src test.de --ref test.en    # sacreBLEU + chrF
+    xlmkit generate --model CLM_RUN --lang en --prompt "The dog" --sample --top-p 0.9  # text from a CLM run
 """
 
 from __future__ import annotations
@@ -23,6 +24,21 @@ def add_arguments_for(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--init", metavar="RUN", help="pretrained run whose encoder initialises encoder and "
                                                           "decoder (prepare --data with `xlmkit prepare --tokenizer RUN`)")
         add_config_arguments(parser, default="tiny")
+        return
+    if name == "generate":
+        parser.add_argument("--model", required=True, help="run pretrained with CLM steps (train.clm_steps)")
+        parser.add_argument("--lang", required=True, help="language of the prompts")
+        parser.add_argument("--prompt", action="append", default=[], help="prompt text (repeatable)")
+        parser.add_argument("--input", default=None, help="file of prompts, one per line (- = stdin)")
+        parser.add_argument("--max-new-tokens", type=int, default=40)
+        parser.add_argument("--sample", action="store_true", help="sample (default: greedy)")
+        parser.add_argument("--temperature", type=float, default=1.0)
+        parser.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = all)")
+        parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = all)")
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--which", default="best", choices=("best", "latest"))
+        parser.add_argument("--device", default="auto")
+        parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
         return
     parser.add_argument("--model", required=True, help="translation run (from `xlmkit train-mt`)")
     parser.add_argument("--which", default="best", choices=("best", "latest"), help="checkpoint (default: best)")
@@ -85,6 +101,21 @@ def run(args: argparse.Namespace) -> int:
                 print(f"[train-mt] step {final['step']}: valid BLEU "
                       + ", ".join(f"{d} {v:.2f}" for d, v in sorted(bleu.items())))
             print(f"[train-mt] done in {final['elapsed_s']:.1f}s: {args.out}")
+        return 0
+
+    if args.command == "generate":
+        from xlmkit.core.errors import XlmkitError
+        from xlmkit.tasks.translation import generate_texts
+
+        prompts = list(args.prompt) + (_read_input(args.input)[0] if args.input else [])
+        if not prompts:
+            raise XlmkitError("give a --prompt or an --input file of prompts")
+        if args.max_new_tokens < 1 or args.temperature <= 0 or not 0 < args.top_p <= 1 or args.top_k < 0:
+            raise XlmkitError("--max-new-tokens must be >= 1, --temperature > 0, --top-p in (0, 1], --top-k >= 0")
+        for line in generate_texts(args.model, prompts, args.lang, args.max_new_tokens, args.sample,
+                                   args.temperature, args.top_k, args.top_p, args.seed, args.which, args.device,
+                                   args.precision):
+            print(line)
         return 0
 
     if args.command == "translate":

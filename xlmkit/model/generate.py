@@ -20,6 +20,7 @@ explicit torch.Generator.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -236,3 +237,44 @@ def sentence_logprob(model: EncoderDecoder, src_ids: Tensor, src_langs: Tensor |
     logp = F.log_softmax(logits[:, :-1], dim=-1)
     return logp.gather(-1, tgt_ids[:, 1:, None])[..., 0].sum(-1)
 
+
+
+# ----------------------------------------------------------------------------------------------
+# Text generation from a causal LM (an encoder trained with CLM steps)
+
+
+@torch.inference_mode()
+def continue_text(encoder, prompt: Sequence[int], lang_id: int | None, cfg: GenerationConfig, max_new_tokens: int,
+                  eos_id: int, generator: torch.Generator | None = None) -> list[int]:
+    """The tokens after `prompt` (framed ids) from an XLM encoder run causally (XLM's CLM), greedy or
+    sampled (cfg.sample: temperature, top_k, top_p), until eos, max_new_tokens or the positions run out
+    (eos left out). Each step recomputes the whole prefix: the encoder keeps no cache, and a prompt
+    plus a continuation of a few dozen tokens costs little next to a full forward per token."""
+    if cfg.beam_size != 1:
+        raise ValueError("continue_text: beam search is for translation; use beam_size 1 (greedy) or sampling")
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        device = encoder.token_embeddings.weight.device
+        ids = torch.tensor([list(prompt)], dtype=torch.long, device=device)  # (1, T)
+        out: list[int] = []
+        for _ in range(max_new_tokens):
+            if ids.shape[1] >= encoder.cfg.max_positions:
+                break
+            langs = None if lang_id is None else torch.full_like(ids, lang_id)
+            h = encoder(ids, langs=langs, causal=True)  # (1, T, D)
+            logits = encoder.clm_logits(h[:, -1]).float()  # (1, V)
+            if len(out) < cfg.min_len:
+                logits[:, eos_id] = float("-inf")
+            if cfg.sample:
+                logits = filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p)
+                token = int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
+            else:
+                token = int(logits.argmax(-1))
+            if token == eos_id:
+                break
+            out.append(token)
+            ids = torch.cat([ids, ids.new_tensor([[token]])], dim=1)
+        return out
+    finally:
+        encoder.train(was_training)

@@ -582,3 +582,44 @@ def translate(tr: Translator, lines: Sequence[str], src: str, tgt: str, beam_siz
     for i, h in zip(keep, hyps):
         out[i] = tr.tokenizer.decode(h).replace("\n", " ").strip()
     return TranslationOutput(out, truncated)
+
+
+# ----------------------------------------------------------------------------------------------
+# Text generation from a CLM-trained run
+
+
+def generate_texts(run: str | Path, prompts: Sequence[str], lang: str, max_new_tokens: int = 40,
+                   sample: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                   seed: int = 0, which: str = "best", device: str = "auto", precision: str = "auto") -> list[str]:
+    """`xlmkit generate`: each prompt continued by the run's encoder used as a causal LM (a run
+    pretrained with CLM steps, train.clm_steps), greedy or sampled with a seeded generator; one output
+    line per prompt (the prompt's continuation only)."""
+    from xlmkit.core.integrity import open_tokenizer
+    from xlmkit.core.langs import canonical_lang
+    from xlmkit.core.runtime import autocast, choose_precision, pick_device
+    from xlmkit.data.contract import RunContract
+    from xlmkit.model.generate import GenerationConfig, continue_text
+    from xlmkit.train.checkpoint import load_model
+
+    loaded = load_model(run, which=which, device="cpu")
+    if tuple(loaded.config.train.clm_steps) == ("none",):
+        print(f"[generate] note: {run} was not trained with CLM steps (train.clm_steps=none); its continuations "
+              f"come from a model that never predicted the next token")
+    dev = pick_device(device)
+    precision, _ = choose_precision(precision, dev)
+    encoder = loaded.model.to(dev).eval()
+    tokenizer = open_tokenizer(loaded.tokenizer_path)
+    contract = RunContract.from_vocab(loaded.vocab, tokenizer).for_model(encoder)
+    if contract.lang2id and canonical_lang(lang) not in contract.lang2id:
+        raise XlmkitError(f"unknown language {lang!r}: the model knows {', '.join(sorted(contract.lang2id))}")
+    lang_id = contract.lang_id(lang)
+    cfg = GenerationConfig(sample=sample, temperature=temperature, top_k=top_k, top_p=top_p)
+    generator = torch.Generator(device=dev).manual_seed(seed)
+    out = []
+    for prompt in prompts:
+        ids = [contract.first_id, *tokenizer.encode(prompt.strip(), add_special_tokens=False).ids]
+        ids = ids[-(encoder.cfg.max_positions - 1):]
+        with autocast(dev, precision):
+            new = continue_text(encoder, ids, lang_id, cfg, max_new_tokens, contract.eos_id, generator)
+        out.append(tokenizer.decode(new).replace("\n", " ").strip())
+    return out
