@@ -319,7 +319,8 @@ def process_chunk(task: tuple, encoder=None) -> tuple:
     """
     files, starts, ends, first_lineno, opts = task
     lowercase, strip_accents, min_chars, max_chars, dedup, skip_bad, dtype, eos = opts
-    sides = [decode_lines(_read_range(p, a, b), p, first_lineno, skip_bad) for p, a, b in zip(files, starts, ends)]
+    raws = [_read_range(p, a, b) for p, a, b in zip(files, starts, ends)]
+    sides = [decode_lines(raw, p, first_lineno, skip_bad) for raw, p in zip(raws, files)]
     n = len(sides[0])
     bad = None
     if skip_bad and any(None in s for s in sides):
@@ -327,7 +328,9 @@ def process_chunk(task: tuple, encoder=None) -> tuple:
         for s in sides:
             bad[[i for i, x in enumerate(s) if x is None]] = True
         sides = [["" if x is None else x for x in s] for s in sides]
-    texts = [clean_lines(s, lowercase, strip_accents) for s in sides]
+    # the bytes help the cleaning scans where they are exactly the decoded lines (no \r, no bad line)
+    texts = [clean_lines(s, lowercase, strip_accents, raw if bad is None and b"\r" not in raw else None)
+             for s, raw in zip(sides, raws)]
     reason = np.zeros(n, dtype=np.int64)
     for t in reversed(texts):  # the first side with a reason gives it (filter_reason's rule, on arrays)
         lengths = np.fromiter(map(len, t), dtype=np.int64, count=n)
@@ -616,9 +619,8 @@ class _GroupStream:
             fl.write(lengths.astype("<i8", copy=False).tobytes())
         self.n += len(sides[0][1])
 
-    def route(self, writers: list[list[ShardWriter]], valid: np.ndarray, test: np.ndarray) -> list[int]:
-        """Write every sentence to its split's shards; return the sentences per split."""
-        per_split = [0, 0, 0]
+    def route(self, writers: list[list[ShardWriter]], valid: np.ndarray, test: np.ndarray) -> None:
+        """Write every sentence to its split's shards, a block of sentences at a time."""
         for fi, fl in self.files:
             fi.close()
             fl.close()
@@ -628,21 +630,19 @@ class _GroupStream:
             tok0 = 0
             for start in range(0, self.n, self.BLOCK):
                 lengths = all_lengths[start:start + self.BLOCK]
-                ends = tok0 + np.cumsum(lengths)
+                n_tok = int(lengths.sum())
+                block = np.asarray(ids[tok0:tok0 + n_tok])
                 labels = _split_labels(start, len(lengths), valid, test)
                 for si in range(3):
-                    sel = np.concatenate([[0], (labels == si).view(np.int8), [0]])
-                    edges = np.flatnonzero(np.diff(sel))
-                    for a, b in zip(edges[::2].tolist(), edges[1::2].tolist()):
-                        lo = tok0 if a == 0 else int(ends[a - 1])
-                        writers[si][side].append(np.asarray(ids[lo:int(ends[b - 1])]), lengths[a:b])
-                    if side == 0:
-                        per_split[si] += int(np.count_nonzero(labels == si))
-                tok0 = int(ends[-1]) if len(ends) else tok0
-            del ids
+                    sel = labels == si
+                    if sel.all():
+                        writers[si][side].append(block, lengths)
+                    elif sel.any():  # one boolean gather per block: a write per run of train costs far more
+                        writers[si][side].append(block[np.repeat(sel, lengths)], lengths[sel])
+                tok0 += n_tok
+            del ids, block
             ids_path.unlink()
             len_path.unlink()
-        return per_split
 
 
 def encode_sources(cleaned: list[Cleaned], tok, out: Path, cfg: PrepareConfig, dtype: str,

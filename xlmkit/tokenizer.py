@@ -37,6 +37,7 @@ import itertools
 import json
 import operator
 import re
+import struct
 
 import numpy as np
 
@@ -422,8 +423,10 @@ class FastEncoder:
         per line, eos included): the shards' form."""
         ids = self._encode(lines, eos)
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        # one C-level pass from the lists to the array (~30 ns an id; a list append per line costs more)
-        return np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum())), lengths
+        # lists of Python ints to one array: struct.pack of the chained list is ~30% faster than
+        # np.fromiter (measured: ~6% of SentencePiece's own time against ~9%), a list op per line slower
+        flat = list(itertools.chain.from_iterable(ids))
+        return np.frombuffer(struct.pack(f"<{len(flat)}q", *flat), dtype="<i8").astype(dtype), lengths
 
     def _encode(self, lines: list[str], eos: int | None) -> list[list[int]]:
         if self.spm is None:
