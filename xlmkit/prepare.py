@@ -252,12 +252,13 @@ def _line_offsets(path: Path, every: int, max_lines: int) -> tuple[int, list[int
     with reading(path), open(path, "rb") as f:
         while block := f.read(1 << 20):
             c = block.count(b"\n")
-            top = min(n + c, max_lines) if max_lines else n + c
+            stop = bool(max_lines) and n + c >= max_lines  # the last line to read ends in this block
+            top = max_lines if stop else n + c
             mark = len(starts) * every  # the next chunk starts after this many lines
-            if mark <= top or top < n + c:
+            if mark <= top or stop:
                 nl = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10)
                 starts += [pos + int(nl[m - n - 1]) + 1 for m in range(mark, top + 1, every)]
-                if top < n + c or (max_lines and top == max_lines):
+                if stop:
                     end, n = pos + int(nl[top - n - 1]) + 1, top
                     break
             n, pos, last = n + c, pos + len(block), block[-1:]
@@ -662,6 +663,10 @@ def encode_sources(cleaned: list[Cleaned], tok, out: Path, cfg: PrepareConfig, d
             tasks.append(t)
             owners.append(ci)
     last_chunk = {ci: i for i, ci in enumerate(owners)}
+    group_lines: dict[tuple[str, str], int] = {}
+    for c in cleaned:
+        key = (c.source.kind, c.source.name)
+        group_lines[key] = group_lines.get(key, 0) + c.raw_lines
     counts: dict = {"mono": {}, "para": {}, "corpora": [dict.fromkeys(SPLITS, 0) for _ in cleaned]}
     bar = progress_bar(progress, total=sum(c.raw_lines for c in cleaned), desc="encode", unit=" lines")
     group, stream, seen, members = None, None, None, []
@@ -688,7 +693,8 @@ def encode_sources(cleaned: list[Cleaned], tok, out: Path, cfg: PrepareConfig, d
         if key != group:
             if stream is not None:
                 finish_group()
-            group, seen, members = key, HashSet64(), []
+            # sized for every line of the group at once (at most half full): growing re-inserts every key
+            group, seen, members = key, HashSet64(1 << max(16, (2 * group_lines[key]).bit_length())), []
             stream = _GroupStream(c.work_dir, key, len(c.source.files), dtype)
         if ci not in members:
             members.append(ci)
