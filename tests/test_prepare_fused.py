@@ -96,3 +96,24 @@ def test_tokenizer_sample_is_clean_filtered_and_seeded(tmp_path):
     assert a == b and sizes == {"en": 500}
     assert 250 < len(a) < 400  # the short lines drawn are left out
     assert all(clean_line(x) == x and x.startswith("Line ") and "fine" in x for x in a)
+
+
+def test_dedup_is_on_the_clean_text_whatever_the_bytes(tmp_path):
+    """Lines equal once cleaned (CRLF, spaces, NFKC) are duplicates, across chunks and workers."""
+    import dataclasses
+
+    from xlmkit.config import load_config
+    from xlmkit.data import PreparedData
+    from xlmkit.prepare import prepare_data
+
+    base = [f"sentence number {i} is here" for i in range(300)]
+    (tmp_path / "a.txt").write_bytes("".join(x + "\n" for x in base).encode())
+    (tmp_path / "b.txt").write_bytes("".join(x + "\r\n" for x in base[::2]).encode()
+                                     + "".join(" " + x.replace(" ", "\u00a0") + "\n" for x in base[1::2]).encode()
+                                     + b"a new line here\n")
+    for workers in (1, 2):
+        cfg = dataclasses.replace(load_config("tiny").prepare, vocab_size=60, workers=workers, chunk_lines=37)
+        out = prepare_data(cfg, tmp_path / f"d{workers}", mono={"en": [tmp_path / "a.txt", tmp_path / "b.txt"]},
+                           progress=False)
+        a, b = PreparedData(out).manifest["sources"]
+        assert (a["kept"], b["kept"], b["dropped"]["duplicate"]) == (300, 1, 300)

@@ -25,6 +25,7 @@ import argparse
 import hashlib
 import json
 import multiprocessing as mp
+import operator
 import os
 import re
 import shutil
@@ -340,12 +341,20 @@ def process_chunk(task: tuple, encoder=None) -> tuple:
     if bad is not None:
         reason[bad] = 3
     dropped = np.bincount(reason, minlength=4)[1:].tolist()
+    keys = texts
+    if dedup and bad is None and not any(b"\r" in raw for raw in raws) \
+            and all(all(map(operator.is_, t, s)) for t, s in zip(texts, sides)):
+        # cleaning changed no line (clean_lines hands back the very objects) and decoding stripped no \r:
+        # the bytes as read are the clean lines' UTF-8, hashed without encoding them again
+        keys = [raw.split(b"\n")[:n] for raw in raws]
     if any(dropped):
         keep = np.flatnonzero(reason == 0).tolist()
         texts = [[t[i] for i in keep] for t in texts]
+        keys = texts if keys is texts else [[k[i] for i in keep] for k in keys]
     hashes = None
     if dedup:  # on the whole pair for parallel text; clean text holds no tab, so joining is unambiguous
-        hashes = line_hashes(texts[0] if len(texts) == 1 else list(map("\t".join, zip(*texts))))
+        joiner = b"\t" if keys and keys[0] and isinstance(keys[0][0], bytes) else "\t"
+        hashes = line_hashes(keys[0] if len(keys) == 1 else list(map(joiner.join, zip(*keys))))
     encoded = None if encoder is None else [encoder.encode_flat(t, eos, dtype) for t in texts]
     return n, dropped, hashes, encoded
 
