@@ -1,17 +1,22 @@
 """`xlmkit prepare`: raw text -> clean text -> shared tokenizer -> memory-mappable token shards.
 
-The output format is the contract in xlmkit/data.py (read by `PreparedData`). The pipeline streams:
+The output format is the contract in xlmkit/data.py (read by `PreparedData`). The pipeline streams,
+and reads and cleans the text once:
 
-1. clean   each input file is read line by line, normalised (xlmkit.text.clean_line), filtered by
-           length and deduplicated (xlmkit.text.HashSet64 of 64-bit line hashes per language / pair:
-           the only state that grows with the corpus, 16-32 bytes per distinct line); clean lines go
-           to a work file and nothing else is kept. Parallel files are read in lockstep: a pair is dropped if either
-           side is filtered, dedup is on the pair.
-2. sample  a language-balanced sample of the clean lines (q_i ∝ n_i^alpha, parallel text counted
-           toward its languages) streams into the tokenizer trainer; memory O(sample size).
-3. encode  worker processes encode chunks of `prepare.chunk_lines` lines, reading their chunk from
-           the work file themselves; the parent writes results in order to the split shards. At
-           most 2 chunks per worker are in flight, so memory does not grow with the corpus.
+1. scan    each input file's line count and the byte offset of every `prepare.chunk_lines`-th
+           line (bytes.count per MiB; parallel files in lockstep, different line counts are an error).
+2. sample  a language-balanced sample drawn over the raw lines (q_i ∝ n_i^alpha, parallel text
+           counted toward its languages), read at those offsets and cleaned (xlmkit.text.clean_line);
+           the tokenizer is trained on it. Drawing before cleaning is what lets the tokenizer exist
+           before the one pass over the text.
+3. encode  the fused pass: worker processes read their chunk's bytes, decode, clean
+           (xlmkit.text.clean_lines), filter by length and encode it, and return the ids with a
+           64-bit hash of each surviving line. The parent takes the chunks in order, dedups them
+           (xlmkit.text.HashSet64 per language / pair, across its corpora: the only state that grows
+           with the corpus, 16-32 bytes per line; first occurrences are kept whatever the chunking
+           or worker count) and streams the kept sentences to a per-language temporary file, which
+           is split into train / valid / test shards once the count is known. At most 2 chunks per
+           worker are in flight, so memory does not grow with the corpus.
 4. finish  manifest.json (written last) and a rename of OUT.tmp-xxxx to OUT, so a failed run never
            leaves an output that a later run could take for finished.
 
