@@ -25,7 +25,10 @@ For each size, each in its own subprocess, its peak RSS from the kernel's rusage
   threads): what xlmkit used before.
 
 Printed ratios: xlmkit end to end without tokenizer training / (sentencepiece x workers) (the
-acceptance bar: >= 0.9), and the same with the command's wall time (interpreter start included).
+acceptance bar: >= 0.9), the same with the command's wall time (interpreter start included), and
+SentencePiece's encode CPU seconds / xlmkit's CPU seconds without tokenizer training (parent and
+workers): on a shared machine the wall-clock ratios move with other jobs, this one much less, and
+it is about the best the wall ratio can be on W idle cores (the work spread perfectly).
 """
 
 from __future__ import annotations
@@ -99,12 +102,12 @@ if engine == "sentencepiece":
     from xlmkit.tokenizer import FastEncoder
     sp = FastEncoder(tok).spm
     assert sp is not None, "not a tokenizer SentencePiece can encode (BPE?)"
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     ids = sp.encode(lines, out_type=int, num_threads=1)
 else:
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     ids = [e.ids for e in tok.encode_batch(lines, add_special_tokens=False)]
-print(time.perf_counter() - t, sum(map(len, ids)))
+print(time.perf_counter() - t, sum(map(len, ids)), time.process_time() - c)
 """
 
 
@@ -162,20 +165,22 @@ def main() -> int:
             lines = sum(s["lines_read"] for s in manifest["sources"])
             pipeline = t["total"] - t["tokenizer"]  # read, clean, encode, write: the acceptance figure's time
             row = {"mb": mb, "lines": lines, "wall": wall, "rss": rss, "timings": t, "pipeline": pipeline,
+                   "cpu": manifest["cpu_s"]["rest"],
                    "engine": manifest["tokenizer"].get("encoded_with", "?"), "peers": {}}
             print(f"\n{mb:.1f} MB, {lines:,d} lines: xlmkit prepare end to end without tokenizer training "
                   f"{pipeline:.2f} s = {mb / pipeline:.2f} MB/s (hash inputs {t['inputs']:.2f} s, scan {t['scan']:.2f} s, "
                   f"fused read+clean+encode+write {t['encode']:.2f} s = {mb / t['encode']:.2f} MB/s with {row['engine']}); "
                   f"tokenizer training {t['tokenizer']:.1f} s; total {t['total']:.1f} s = {mb / t['total']:.2f} MB/s; "
                   f"command wall {wall:.1f} s (wall - training {wall - t['tokenizer']:.2f} s = "
-                  f"{mb / (wall - t['tokenizer']):.2f} MB/s); peak RSS {rss:.0f} MB", flush=True)
+                  f"{mb / (wall - t['tokenizer']):.2f} MB/s); peak RSS {rss:.0f} MB; CPU without tokenizer training "
+                  f"{row['cpu']:.2f} s (parent and workers)", flush=True)
             for peer in peers:
                 pwall, prss, pout = run_measured([sys.executable, "-c", PEER, peer, str(out / "tokenizer.json"),
                                                   *map(str, inputs.values())])
-                secs = float(pout.split()[0])
-                row["peers"][peer] = (secs, prss)
-                print(f"    {peer:13s} encode {secs:6.1f} s = {mb / secs:6.2f} MB/s, peak RSS {prss:.0f} MB "
-                      f"(all lines in memory)", flush=True)
+                secs, cpu = float(pout.split()[0]), float(pout.split()[2])
+                row["peers"][peer] = (secs, prss, cpu)
+                print(f"    {peer:13s} encode {secs:6.1f} s = {mb / secs:6.2f} MB/s ({cpu:.1f} CPU s), peak RSS "
+                      f"{prss:.0f} MB (all lines in memory)", flush=True)
             rows.append(row)
             if not args.keep:
                 shutil.rmtree(inputs[next(iter(inputs))].parent)
@@ -186,7 +191,7 @@ def main() -> int:
 
     print(f"\n{'input MB':>8} | {'e2e MB/s':>8} {'tok. s':>6} {'total MB/s':>10} {'wall-tok MB/s':>13} {'RSS MB':>6} | "
           + " | ".join(f"{p + ' MB/s':>18} {'RSS MB':>6}" for p in peers)
-          + (f" | {'e2e / (spm x W)':>15} {'wall-tok / (spm x W)':>20} {'spm / tokenizers':>16}"
+          + (f" | {'e2e / (spm x W)':>15} {'wall-tok / (spm x W)':>20} {'CPU spm / e2e':>13} {'spm / tokenizers':>16}"
              if "sentencepiece" in peers else f" | {'e2e / tokenizers':>16}"))
     for r in rows:
         mb, w, t = r["mb"], args.workers, r["timings"]
@@ -197,6 +202,7 @@ def main() -> int:
             spm_rate = mb / r["peers"]["sentencepiece"][0]
             line += (f" | {mb / r['pipeline'] / (spm_rate * w):15.2f} "
                      f"{mb / (r['wall'] - t['tokenizer']) / (spm_rate * w):20.2f} "
+                     f"{r['peers']['sentencepiece'][2] / r['cpu']:13.2f} "
                      + (f"{r['peers']['tokenizers'][0] / r['peers']['sentencepiece'][0]:16.2f}"
                         if "tokenizers" in r["peers"] else f"{'-':>16}"))
         else:
