@@ -117,3 +117,22 @@ def test_dedup_is_on_the_clean_text_whatever_the_bytes(tmp_path):
                            progress=False)
         a, b = PreparedData(out).manifest["sources"]
         assert (a["kept"], b["kept"], b["dropped"]["duplicate"]) == (300, 1, 300)
+
+
+def test_shard_form_of_the_encoder_is_tokenizers_ids_then_eos(shared_data):
+    """encode_flat (SentencePiece appending </s> itself, lists packed into one array) gives the
+    exported tokenizer.json's ids, each sentence followed by </s>, on real text of 7 languages."""
+    from tokenizers import Tokenizer
+
+    from xlmkit.tokenizer import FastEncoder, train_tokenizer
+
+    files = sorted((shared_data / "mono").glob("*.txt")) + sorted((shared_data / "mono-extra").glob("*.txt"))
+    lines = [clean_line(x) for p in files for i, x in enumerate(p.read_text(encoding="utf-8").splitlines()) if i % 8 == 0]
+    lines = [x for x in lines if x] + ["a <mask> b", "", "x" * 2500]
+    tok = train_tokenizer(lines[::4], ["de", "en", "fr", "it", "nl", "ru", "zh"], "unigram", 3000,
+                          character_coverage=0.9995)
+    fast = FastEncoder(tok)
+    flat, lengths = fast.encode_flat(lines, 2, "uint16")
+    want = [e.ids + [2] for e in Tokenizer.from_str(tok.to_str()).encode_batch(lines, add_special_tokens=False)]
+    assert lengths.tolist() == [len(x) for x in want]
+    assert flat.tolist() == [i for x in want for i in x] and flat.dtype == np.uint16
