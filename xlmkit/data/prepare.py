@@ -1,17 +1,22 @@
 """`xlmkit prepare`: raw text -> clean text -> shared tokenizer -> memory-mappable token shards.
 
-The output format is the contract in xlmkit/data/format.py (read by `PreparedData`). The pipeline streams:
+The output format is the contract in xlmkit/data/format.py (read by `PreparedData`). The pipeline streams,
+and reads and cleans the text once:
 
-1. clean   each input file is read line by line, normalised (xlmkit.data.text.clean_line), filtered by
-           length and deduplicated (xlmkit.data.text.HashSet64 of 64-bit line hashes per language / pair:
-           the only state that grows with the corpus, 16-32 bytes per distinct line); clean lines go
-           to a work file and nothing else is kept. Parallel files are read in lockstep: a pair is dropped if either
-           side is filtered, dedup is on the pair.
-2. sample  a language-balanced sample of the clean lines (q_i ∝ n_i^alpha, parallel text counted
-           toward its languages) streams into the tokenizer trainer; memory O(sample size).
-3. encode  worker processes encode chunks of `prepare.chunk_lines` lines, reading their chunk from
-           the work file themselves; the parent writes results in order to the split shards. At
-           most 2 chunks per worker are in flight, so memory does not grow with the corpus.
+1. scan    each input file's line count and the byte offset of every `prepare.chunk_lines`-th
+           line (bytes.count per MiB; parallel files in lockstep, different line counts are an error).
+2. sample  a language-balanced sample drawn over the raw lines (q_i ∝ n_i^alpha, parallel text
+           counted toward its languages), read at those offsets and cleaned (xlmkit.data.text.clean_line);
+           the tokenizer is trained on it. Drawing before cleaning is what lets the tokenizer exist
+           before the one pass over the text.
+3. encode  the fused pass: worker processes read their chunk's bytes, decode, clean
+           (xlmkit.data.text.clean_lines), filter by length and encode it, and return the ids with a
+           64-bit hash of each surviving line. The parent takes the chunks in order, dedups them
+           (xlmkit.data.text.HashSet64 per language / pair, across its corpora: the only state that grows
+           with the corpus, 16-32 bytes per line; first occurrences are kept whatever the chunking
+           or worker count) and streams the kept sentences to a per-language temporary file, which
+           is split into train / valid / test shards once the count is known. At most 2 chunks per
+           worker are in flight, so memory does not grow with the corpus.
 4. finish  manifest.json (written last) and a rename of OUT.tmp-xxxx to OUT, so a failed run never
            leaves an output that a later run could take for finished.
 
@@ -22,9 +27,9 @@ manifest and returns at once ("up to date").
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import multiprocessing as mp
+import operator
 import os
 import re
 import shutil
@@ -42,10 +47,10 @@ import numpy as np
 from xlmkit.core.config import PrepareConfig, config_to_dict
 from xlmkit.data.contract import RunContract
 from xlmkit.data.format import FORMAT, FORMAT_VERSION, SPLITS, SpecialIds, shard_paths, shard_records
-from xlmkit.core.errors import DataError
+from xlmkit.core.errors import DataError, reading
 from xlmkit.core.langs import canonical_lang, canonical_pair, check_lang
-from xlmkit.data.text import (HashSet64, clean_line, count_lines, file_sha256, line_hash,
-                         read_lines)
+from xlmkit.data.text import (HashSet64, clean_line, clean_lines, count_lines, decode_lines, file_sha256,
+                         line_hashes)
 
 # Settings that change how fast the output is made, not what it contains (left out of the stamp).
 _NON_OUTPUT_SETTINGS = ("workers", "chunk_lines")
@@ -223,33 +228,70 @@ def file_sha256_cached(path: Path) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# Stage 1: clean, filter, dedup (streaming)
+# Stage 1: scan (line offsets; the text itself is cleaned in the encode workers)
 
 
 @dataclass
 class Cleaned:
-    """A source after cleaning: its clean lines in work files, and what was dropped on the way."""
+    """A source planned for the fused clean + encode pass (its files' line offsets, every
+    `chunk_lines` lines), and once encoded, what cleaning kept and dropped."""
 
     source: Source
-    work_files: tuple[Path, ...]
-    chunk_lines: int  # lines per encoding chunk
-    n_lines: int = 0  # kept lines (pairs)
-    chunk_starts: list[tuple[int, ...]] = field(default_factory=list)  # byte offsets, every chunk_lines lines
+    chunk_lines: int  # lines per chunk
+    raw_lines: int  # lines to read of each file (prepare.max_lines applied)
+    offsets: tuple[tuple[int, ...], ...]  # per file: byte offset of lines 0, chunk_lines, 2 chunk_lines, ... and the end
+    work_dir: Path  # for the group's temporary id streams
+    n_lines: int = 0  # kept lines (pairs), after cleaning, filters and dedup
     lines_read: int = 0
     dropped: dict[str, int] = field(default_factory=lambda: dict(bad_utf8=0, too_short=0, too_long=0, duplicate=0))
 
+    @property
+    def n_chunks(self) -> int:
+        return len(self.offsets[0]) - 1
 
-def _paired_lines(src: Source, cfg: PrepareConfig) -> Iterator[tuple[str | None, str | None]]:
-    """Both sides of a parallel source in lockstep; different line counts are an error naming both."""
-    a_path, b_path = src.files
-    end = object()
-    a_lines = read_lines(a_path, cfg.max_lines, cfg.skip_bad_lines)
-    b_lines = read_lines(b_path, cfg.max_lines, cfg.skip_bad_lines)
-    for a, b in itertools.zip_longest(a_lines, b_lines, fillvalue=end):
-        if a is end or b is end:
-            raise DataError(f"parallel files have different line counts: {a_path} has {count_lines(a_path)} lines, "
-                            f"{b_path} has {count_lines(b_path)} lines")
-        yield a, b
+
+def _line_offsets(path: Path, every: int, max_lines: int) -> tuple[int, list[int]]:
+    """(number of lines, byte offsets of lines 0, every, 2 every, ... followed by the end of the last
+    line), reading at most `max_lines` lines (0: all). Newlines are counted by bytes.count per MiB;
+    numpy finds exact positions only in the blocks where a chunk starts."""
+    starts, n, pos, last, end = [0], 0, 0, b"\n", None
+    with reading(path), open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            c = block.count(b"\n")
+            stop = bool(max_lines) and n + c >= max_lines  # the last line to read ends in this block
+            top = max_lines if stop else n + c
+            mark = len(starts) * every  # the next chunk starts after this many lines
+            if mark <= top or stop:
+                nl = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10)
+                starts += [pos + int(nl[m - n - 1]) + 1 for m in range(mark, top + 1, every)]
+                if stop:
+                    end, n = pos + int(nl[top - n - 1]) + 1, top
+                    break
+            n, pos, last = n + c, pos + len(block), block[-1:]
+    if end is None:
+        if last != b"\n":
+            n += 1  # a last line without a newline
+        end = pos
+    return n, [s for s in starts if s < end] + [end]
+
+
+def scan_source(src: Source, cfg: PrepareConfig, work_dir: Path) -> Cleaned:
+    """Plan one source: its line count and the byte offsets of its chunks (parallel files in
+    lockstep: different line counts are an error naming both). Reads the files at memchr speed;
+    cleaning happens in the encode workers (encode_sources)."""
+    scans = [_line_offsets(p, cfg.chunk_lines, cfg.max_lines) for p in src.files]
+    if len({n for n, _ in scans}) > 1:
+        a_path, b_path = src.files
+        raise DataError(f"parallel files have different line counts: {a_path} has {count_lines(a_path)} lines, "
+                        f"{b_path} has {count_lines(b_path)} lines")
+    if scans[0][0] == 0:
+        raise DataError(f"{_files(src)}: empty file" + ("s" if len(src.files) > 1 else ""))
+    return Cleaned(src, cfg.chunk_lines, scans[0][0], tuple(tuple(o) for _, o in scans), work_dir)
+
+
+def clean_source(src: Source, cfg: PrepareConfig, work_dir: Path, progress: bool = False, **_) -> Cleaned:
+    """The former name of scan_source (cleaning now runs fused with encoding)."""
+    return scan_source(src, cfg, work_dir)
 
 
 def progress_bar(progress: bool, **kwargs):
@@ -261,129 +303,189 @@ def progress_bar(progress: bool, **kwargs):
     return tqdm(disable=not shown, file=sys.stderr, mininterval=0.5, delay=1.0, leave=False, **kwargs)
 
 
-def clean_source(src: Source, cfg: PrepareConfig, work_dir: Path, progress: bool = False,
-                 batch_lines: int = 4096, seen: HashSet64 | None = None, index: int = 0) -> Cleaned:
-    """Stream one source through cleaning into work files (one clean line per line).
-
-    Lines go through in batches so that dedup (a HashSet64 of 64-bit line hashes, the only state
-    that grows with the corpus) costs a few numpy operations per batch rather than per line. `seen`
-    is shared by the corpora of one language or pair, so dedup runs across them.
-    """
-    work_files = tuple(work_dir / f"{src.kind}.{src.name}.{index}.{i}.txt" for i in range(len(src.files)))
-    out = Cleaned(src, work_files, cfg.chunk_lines)
-    seen = HashSet64() if seen is None else seen
-    lines = ((x,) for x in read_lines(src.files[0], cfg.max_lines, cfg.skip_bad_lines)) \
-        if src.kind == "mono" else _paired_lines(src, cfg)
-    bar = progress_bar(progress, desc=f"clean {src.name}", unit=" lines")
-    lower, accents, min_chars, max_chars = cfg.lowercase, cfg.strip_accents, cfg.min_chars, cfg.max_chars
-    handles = [open(p, "w", encoding="utf-8", newline="\n") for p in work_files]
-    try:
-        while batch := list(itertools.islice(lines, batch_lines)):
-            out.lines_read += len(batch)
-            bar.update(len(batch))
-            survivors = []
-            for raw in batch:
-                if None in raw:
-                    out.dropped["bad_utf8"] += 1
-                    continue
-                texts = [clean_line(x, lower, accents) for x in raw]
-                reason = None
-                for t in texts:  # the first side with a reason gives it (filter_reason's rule, inlined)
-                    if len(t) < min_chars:
-                        reason = "too_short"
-                        break
-                    if len(t) > max_chars:
-                        reason = "too_long"
-                        break
-                if reason:
-                    out.dropped[reason] += 1
-                else:
-                    survivors.append(texts)
-            if cfg.dedup and survivors:
-                # Dedup on the whole pair for parallel text; clean text holds no tab, so joining is unambiguous.
-                hashes = np.fromiter((line_hash("\t".join(t)) for t in survivors), dtype=np.uint64, count=len(survivors))
-                is_new = seen.add(hashes)
-                out.dropped["duplicate"] += len(survivors) - int(is_new.sum())
-                survivors = [t for t, new in zip(survivors, is_new) if new]
-            i = 0
-            while i < len(survivors):  # written a chunk's worth at a time, noting where each chunk starts
-                if out.n_lines % cfg.chunk_lines == 0:
-                    out.chunk_starts.append(tuple(f.tell() for f in handles))
-                take = min(len(survivors) - i, cfg.chunk_lines - out.n_lines % cfg.chunk_lines)
-                for side, f in enumerate(handles):
-                    f.write("".join(t[side] + "\n" for t in survivors[i:i + take]))
-                out.n_lines += take
-                i += take
-    finally:
-        bar.close()
-        for f in handles:
-            f.close()
-    if out.lines_read == 0:
-        raise DataError(f"{_files(src)}: empty file" + ("s" if len(src.files) > 1 else ""))
-    if out.n_lines == 0:
-        drops = ", ".join(f"{k}={v}" for k, v in out.dropped.items() if v)
-        raise DataError(f"{_files(src)}: no usable lines after cleaning ({out.lines_read} read; dropped {drops}; "
-                        f"prepare.min_chars={cfg.min_chars}, prepare.max_chars={cfg.max_chars})")
-    return out
-
-
 def _files(src: Source) -> str:
     return " / ".join(str(p) for p in src.files)
 
 
-def _read_work_lines(path: Path, start: int = 0, n: int | None = None) -> Iterator[str]:
-    with open(path, encoding="utf-8", newline="\n") as f:
+def _read_range(path: Path, start: int, end: int) -> bytes:
+    with reading(path), open(path, "rb") as f:
         f.seek(start)
-        for line in itertools.islice(f, n):
-            yield line[:-1]
+        return f.read(end - start)
+
+
+_REASONS = ("too_short", "too_long", "bad_utf8")  # codes 1, 2, 3 of a dropped line
+
+
+def process_chunk(task: tuple, encoder=None) -> tuple:
+    """Read, clean, filter and (with an encoder) encode one chunk of a source: the fused pass.
+
+    -> (lines read, dropped counts in _REASONS order, 64-bit hashes of the survivors (None without
+    dedup), per side (ids with </s> after each sentence, lengths) of the survivors or None). Dedup
+    itself is left to the parent, which sees the chunks in order: first occurrences are kept
+    whatever the chunking or worker count.
+    """
+    files, starts, ends, first_lineno, opts = task
+    lowercase, strip_accents, min_chars, max_chars, dedup, skip_bad, dtype, eos = opts
+    raws = [_read_range(p, a, b) for p, a, b in zip(files, starts, ends)]
+    sides = [decode_lines(raw, p, first_lineno, skip_bad) for raw, p in zip(raws, files)]
+    n = len(sides[0])
+    bad = None
+    if skip_bad and any(None in s for s in sides):
+        bad = np.zeros(n, dtype=bool)
+        for s in sides:
+            bad[[i for i, x in enumerate(s) if x is None]] = True
+        sides = [["" if x is None else x for x in s] for s in sides]
+    # the bytes help the cleaning scans where they are exactly the decoded lines (no \r, no bad line)
+    texts = [clean_lines(s, lowercase, strip_accents, raw if bad is None and b"\r" not in raw else None)
+             for s, raw in zip(sides, raws)]
+    reason = np.zeros(n, dtype=np.int64)
+    for t in reversed(texts):  # the first side with a reason gives it (filter_reason's rule, on arrays)
+        lengths = np.fromiter(map(len, t), dtype=np.int64, count=n)
+        r = np.where(lengths < min_chars, 1, np.where(lengths > max_chars, 2, 0))
+        reason = np.where(r > 0, r, reason)
+    if bad is not None:
+        reason[bad] = 3
+    dropped = np.bincount(reason, minlength=4)[1:].tolist()
+    keys = texts
+    if dedup and bad is None and not any(b"\r" in raw for raw in raws) \
+            and all(all(map(operator.is_, t, s)) for t, s in zip(texts, sides)):
+        # cleaning changed no line (clean_lines hands back the very objects) and decoding stripped no \r:
+        # the bytes as read are the clean lines' UTF-8, hashed without encoding them again
+        keys = [raw.split(b"\n")[:n] for raw in raws]
+    if any(dropped):
+        keep = np.flatnonzero(reason == 0).tolist()
+        texts = [[t[i] for i in keep] for t in texts]
+        keys = texts if keys is texts else [[k[i] for i in keep] for k in keys]
+    hashes = None
+    if dedup:  # on the whole pair for parallel text; clean text holds no tab, so joining is unambiguous
+        joiner = b"\t" if keys and keys[0] and isinstance(keys[0][0], bytes) else "\t"
+        hashes = line_hashes(keys[0] if len(keys) == 1 else list(map(joiner.join, zip(*keys))))
+    encoded = None if encoder is None else [encoder.encode_flat(t, eos, dtype) for t in texts]
+    return n, dropped, hashes, encoded
+
+
+def _chunk_tasks(c: Cleaned, cfg: PrepareConfig, dtype: str, eos: int) -> list[tuple]:
+    opts = (cfg.lowercase, cfg.strip_accents, cfg.min_chars, cfg.max_chars, cfg.dedup, cfg.skip_bad_lines, dtype, eos)
+    return [(c.source.files, tuple(o[k] for o in c.offsets), tuple(o[k + 1] for o in c.offsets),
+             k * c.chunk_lines + 1, opts) for k in range(c.n_chunks)]
+
+
+def _no_usable_lines(c: Cleaned, cfg: PrepareConfig) -> DataError:
+    drops = ", ".join(f"{k}={v}" for k, v in c.dropped.items() if v)
+    return DataError(f"{_files(c.source)}: no usable lines after cleaning ({c.lines_read} read; dropped {drops}; "
+                     f"prepare.min_chars={cfg.min_chars}, prepare.max_chars={cfg.max_chars})")
+
+
+def _count_usable(cleaned: list[Cleaned], cfg: PrepareConfig) -> None:
+    """Clean (without encoding) every chunk of these sources, dedup as encode_sources does, and raise
+    the 'no usable lines' error for the first one left empty. Only for a language whose tokenizer
+    sample came out empty, to say why before the trainer fails on nothing."""
+    seen: dict[tuple[str, str], HashSet64] = {}
+    for c in cleaned:
+        probe = Cleaned(c.source, c.chunk_lines, c.raw_lines, c.offsets, c.work_dir)
+        for task in _chunk_tasks(probe, cfg, "int64", 0):
+            n, dropped, hashes, _ = process_chunk(task)
+            _count(probe, n, dropped)
+            kept = len(hashes) if hashes is not None else n - sum(dropped)
+            if hashes is not None:
+                kept = int(seen.setdefault((c.source.kind, c.source.name), HashSet64()).add(hashes).sum())
+                probe.dropped["duplicate"] += len(hashes) - kept
+            probe.n_lines += kept
+        if probe.n_lines == 0:
+            raise _no_usable_lines(probe, cfg)
+
+
+def _count(c: Cleaned, n: int, dropped: list[int]) -> None:
+    c.lines_read += n
+    for k, v in zip(_REASONS, dropped):
+        c.dropped[k] += v
 
 
 # ----------------------------------------------------------------------------------------------
 # Stage 2: the language-balanced tokenizer sample and the tokenizer
 
 
-def _lang_segments(cleaned: list[Cleaned]) -> dict[str, list[tuple[Path, int]]]:
-    """lang -> the work files holding its clean lines (mono file and parallel sides), with line counts."""
-    segments: dict[str, list[tuple[Path, int]]] = {}
+def _lang_segments(cleaned: list[Cleaned]) -> dict[str, list[tuple[Cleaned, int]]]:
+    """lang -> the (source, side) pairs holding its lines (mono files and parallel sides), in order."""
+    segments: dict[str, list[tuple[Cleaned, int]]] = {}
     for c in cleaned:
-        for lang, path in zip(c.source.langs, c.work_files):
-            segments.setdefault(lang, []).append((path, c.n_lines))
+        for side, lang in enumerate(c.source.langs):
+            segments.setdefault(lang, []).append((c, side))
     return segments
 
 
-def tokenizer_sample(cleaned: list[Cleaned], cfg: PrepareConfig, rng: np.random.Generator
-                     ) -> tuple[Iterator[str], dict[str, int]]:
-    """A streaming language-balanced sample of the clean text, and the sentences per language in it."""
-    from xlmkit.data.tokenizer import iter_sampled, sample_line_indices
+def _sampled_lines(c: Cleaned, side: int, indices: np.ndarray, cfg: PrepareConfig) -> Iterator[str]:
+    """Clean lines at the given sorted raw line indices of one file (repeats repeated); lines the
+    filters drop are left out (not replaced)."""
+    path, offsets = c.source.files[side], c.offsets[side]
+    chunk_of = indices // c.chunk_lines
+    for k in np.unique(chunk_of).tolist():
+        raw = decode_lines(_read_range(path, offsets[k], offsets[k + 1]), path, k * c.chunk_lines + 1,
+                           cfg.skip_bad_lines)
+        for i in (indices[chunk_of == k] - k * c.chunk_lines).tolist():
+            if raw[i] is None:
+                continue
+            text = clean_line(raw[i], cfg.lowercase, cfg.strip_accents)
+            if cfg.min_chars <= len(text) <= cfg.max_chars:
+                yield text
+
+
+def _sample_by_lang(cleaned: list[Cleaned], cfg: PrepareConfig, rng: np.random.Generator
+                    ) -> tuple[Iterator[tuple[str, str]], dict[str, int]]:
+    from xlmkit.data.tokenizer import sample_line_indices
 
     segments = _lang_segments(cleaned)
-    counts = {lang: sum(n for _, n in segs) for lang, segs in segments.items()}
+    counts = {lang: sum(c.raw_lines for c, _ in segs) for lang, segs in segments.items()}
     indices = sample_line_indices(counts, cfg.alpha, cfg.tokenizer_sample_sentences, rng)
 
-    def lines() -> Iterator[str]:
+    def lines() -> Iterator[tuple[str, str]]:
         for lang in sorted(segments):
-            chained = itertools.chain.from_iterable(_read_work_lines(p) for p, _ in segments[lang])
-            yield from iter_sampled(chained, indices[lang])
+            base = 0
+            for c, side in segments[lang]:
+                lo, hi = np.searchsorted(indices[lang], [base, base + c.raw_lines])
+                for text in _sampled_lines(c, side, indices[lang][lo:hi] - base, cfg):
+                    yield lang, text
+                base += c.raw_lines
 
     return lines(), {lang: len(ix) for lang, ix in indices.items()}
 
 
+def tokenizer_sample(cleaned: list[Cleaned], cfg: PrepareConfig, rng: np.random.Generator
+                     ) -> tuple[Iterator[str], dict[str, int]]:
+    """A streaming language-balanced sample of the clean text, and the sentences per language drawn.
+
+    Drawn over the raw lines (their counts are known before anything is cleaned, so the tokenizer
+    can be trained before the one fused clean + encode pass), then cleaned; lines the filters drop
+    are left out, so a language's sample can be a little smaller than drawn. Duplicates are not
+    removed first: a line repeated in the corpus is that much likelier to be drawn.
+    """
+    pairs, sizes = _sample_by_lang(cleaned, cfg, rng)
+    return (text for _, text in pairs), sizes
+
+
 def fit_tokenizer(cleaned: list[Cleaned], cfg: PrepareConfig, progress: bool = False):
-    """Train the shared tokenizer on a balanced sample; return (tokenizer, sample sizes per language)."""
+    """Train the shared tokenizer on a balanced sample; return (tokenizer, sample sizes per language).
+
+    The sample is held in memory (as SentencePiece's trainer holds it anyway) rather than read and
+    cleaned once per trainer pass."""
     from xlmkit.data.tokenizer import train_tokenizer
 
-    def sample():  # the same seeded sample each time it is asked for (the trainer may need two passes)
-        return tokenizer_sample(cleaned, cfg, np.random.default_rng([cfg.seed, 1]))
-
-    _, sizes = sample()
-    tok = train_tokenizer(lambda: sample()[0], sorted(sizes), cfg.tokenizer, cfg.vocab_size, cfg.lowercase,
-                          cfg.strip_accents, n_sentences=cfg.tokenizer_sample_sentences,
+    pairs, drawn = _sample_by_lang(cleaned, cfg, np.random.default_rng([cfg.seed, 1]))
+    sample, got = [], dict.fromkeys(drawn, 0)
+    for lang, text in pairs:
+        sample.append(text)
+        got[lang] += 1
+    empty = [lang for lang, k in got.items() if k == 0 and drawn[lang] > 0]
+    if empty:  # say which input has nothing usable, rather than let the trainer fail on nothing
+        _count_usable([c for c in cleaned if set(c.source.langs) & set(empty)], cfg)
+    tok = train_tokenizer(lambda: sample, sorted(drawn), cfg.tokenizer, cfg.vocab_size, cfg.lowercase,
+                          cfg.strip_accents, n_sentences=len(sample),
                           character_coverage=cfg.character_coverage, byte_fallback=cfg.byte_fallback)
-    return tok, sizes
+    return tok, got
 
 
 # ----------------------------------------------------------------------------------------------
-# Stage 3: encode in worker processes, write split shards
+# Stage 3: read, clean, encode in worker processes (one fused pass); dedup and write split shards
 
 
 def split_indices(n: int, cfg: PrepareConfig, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -402,15 +504,18 @@ def split_indices(n: int, cfg: PrepareConfig, name: str) -> tuple[np.ndarray, np
 _WORKER_ENCODER = None
 
 
-def _init_worker(tokenizer_json: str) -> None:
-    """Load the tokenizer once per process (workers inherit TOKENIZERS_PARALLELISM=false: the
-    processes are the parallelism)."""
+def _init_worker(encoder) -> None:
+    """The encoder of this process: inherited as is under fork (no second build of the SentencePiece
+    model), rebuilt from the tokenizer.json text under spawn. Workers inherit
+    TOKENIZERS_PARALLELISM=false: the processes are the parallelism."""
     global _WORKER_ENCODER
-    from tokenizers import Tokenizer
+    if isinstance(encoder, str):
+        from tokenizers import Tokenizer
 
-    from xlmkit.data.tokenizer import FastEncoder
+        from xlmkit.data.tokenizer import FastEncoder
 
-    _WORKER_ENCODER = FastEncoder(Tokenizer.from_str(tokenizer_json))
+        encoder = FastEncoder(Tokenizer.from_str(encoder))
+    _WORKER_ENCODER = encoder
 
 
 def encode_lines(encoder, lines: list[str], eos: int, dtype: str) -> tuple[np.ndarray, np.ndarray]:
@@ -420,32 +525,11 @@ def encode_lines(encoder, lines: list[str], eos: int, dtype: str) -> tuple[np.nd
         from xlmkit.data.tokenizer import FastEncoder
 
         encoder = FastEncoder(encoder)
-    ids = encoder.encode(lines)
-    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)) + 1
-    ends = np.cumsum(lengths) - 1
-    flat = np.empty(int(lengths.sum()), dtype=dtype)
-    body = np.ones(len(flat), dtype=bool)
-    body[ends] = False
-    flat[body] = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=len(flat) - len(ids))
-    flat[ends] = eos
-    return flat, lengths
+    return encoder.encode_flat(lines, eos, dtype)
 
 
-def _encode_task(task: tuple) -> list[tuple[np.ndarray, np.ndarray]]:
-    files, starts, n, dtype, eos = task
-    out = []
-    for path, start in zip(files, starts):
-        lines = list(_read_work_lines(path, start, n))
-        out.append(encode_lines(_WORKER_ENCODER, lines, eos, dtype))
-    return out
-
-
-def _chunk_tasks(c: Cleaned, dtype: str, eos: int) -> list[tuple]:
-    tasks = []
-    for i, starts in enumerate(c.chunk_starts):
-        n = min(c.chunk_lines, c.n_lines - i * c.chunk_lines)
-        tasks.append((c.work_files, starts, n, dtype, eos))
-    return tasks
+def _encode_task(task: tuple) -> tuple:
+    return process_chunk(task, _WORKER_ENCODER)
 
 
 def _pool_context():
@@ -456,21 +540,23 @@ def _pool_context():
     return mp.get_context("fork" if "fork" in methods and sys.platform != "darwin" else "spawn")
 
 
-def _run_tasks(tasks: list[tuple], tokenizer_json: str, workers: int) -> Iterator:
+def _run_tasks(tasks: list[tuple], encoder, workers: int) -> Iterator:
     """Results of `_encode_task` in task order, with at most 2 tasks per worker in flight.
 
     (Pool.imap would read ahead without bound.) A single task, or workers=1, runs in this process:
     a worker pool costs start-up time that small inputs do not repay.
     """
     if workers == 1 or len(tasks) <= 1:
-        _init_worker(tokenizer_json)
+        _init_worker(encoder)
         for t in tasks:
             yield _encode_task(t)
         return
     saved = os.environ.get("TOKENIZERS_PARALLELISM")
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    ctx = _pool_context()
     try:
-        pool = _pool_context().Pool(workers, initializer=_init_worker, initargs=(tokenizer_json,))
+        pool = ctx.Pool(workers, initializer=_init_worker,
+                        initargs=(encoder if ctx.get_start_method() == "fork" else encoder.tok.to_str(),))
     finally:
         if saved is None:
             os.environ.pop("TOKENIZERS_PARALLELISM", None)
@@ -526,50 +612,129 @@ def _split_labels(start: int, n: int, valid: np.ndarray, test: np.ndarray) -> np
     return labels
 
 
+class _GroupStream:
+    """The kept sentences of one language / pair (all its corpora), in order, in temporary files:
+    which of them go to valid and test depends on how many there are, known only at the end. Then
+    they are copied to the split shards in runs (valid and test are a few scattered sentences, so
+    train is a few long slices). Memory stays O(chunk), whatever the corpus size."""
+
+    BLOCK = 1 << 20  # sentences routed at a time
+
+    def __init__(self, work_dir: Path, key: tuple[str, str], n_sides: int, dtype: str):
+        work_dir.mkdir(parents=True, exist_ok=True)
+        stem = work_dir / f"{key[0]}.{key[1]}"
+        self.paths = [(Path(f"{stem}.{s}.ids"), Path(f"{stem}.{s}.len")) for s in range(n_sides)]
+        self.files = [(open(a, "wb"), open(b, "wb")) for a, b in self.paths]
+        self.dtype = np.dtype(dtype).newbyteorder("<")
+        self.n = 0
+
+    def append(self, sides: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        for (ids, lengths), (fi, fl) in zip(sides, self.files):
+            fi.write(ids.astype(self.dtype, copy=False).tobytes())
+            fl.write(lengths.astype("<i8", copy=False).tobytes())
+        self.n += len(sides[0][1])
+
+    def route(self, writers: list[list[ShardWriter]], valid: np.ndarray, test: np.ndarray) -> None:
+        """Write every sentence to its split's shards, a block of sentences at a time."""
+        for fi, fl in self.files:
+            fi.close()
+            fl.close()
+        for side, (ids_path, len_path) in enumerate(self.paths):
+            ids = np.memmap(ids_path, dtype=self.dtype, mode="r") if ids_path.stat().st_size else np.zeros(0, self.dtype)
+            all_lengths = np.fromfile(len_path, dtype="<i8")
+            tok0 = 0
+            for start in range(0, self.n, self.BLOCK):
+                lengths = all_lengths[start:start + self.BLOCK]
+                n_tok = int(lengths.sum())
+                block = np.asarray(ids[tok0:tok0 + n_tok])
+                labels = _split_labels(start, len(lengths), valid, test)
+                for si in range(3):
+                    sel = labels == si
+                    if sel.all():
+                        writers[si][side].append(block, lengths)
+                    elif sel.any():  # one boolean gather per block: a write per run of train costs far more
+                        writers[si][side].append(block[np.repeat(sel, lengths)], lengths[sel])
+                tok0 += n_tok
+            del ids, block
+            ids_path.unlink()
+            len_path.unlink()
+
+
 def encode_sources(cleaned: list[Cleaned], tok, out: Path, cfg: PrepareConfig, dtype: str,
                    progress: bool = False, specials: SpecialIds | None = None) -> dict[str, dict]:
-    """Encode every source into the split shards of its language / pair (the corpora of one in the
-    order given, one after another); return the manifest counts, and per corpus its split sizes
-    (`counts["corpora"][i]` for cleaned[i])."""
+    """The fused pass: workers read, clean, filter and encode chunks of every source; this process
+    dedups them in order (one HashSet64 per language / pair, across its corpora) and writes the
+    split shards of each language / pair (its corpora in the order given, one after another).
+    Fills each Cleaned's counts; returns the manifest counts, and per corpus its split sizes
+    (`counts["corpora"][i]` for cleaned[i]). `tok` is a `tokenizers` Tokenizer or a FastEncoder."""
+    from xlmkit.data.tokenizer import FastEncoder
+
     specials = specials or SpecialIds()
+    encoder = tok if isinstance(tok, FastEncoder) else FastEncoder(tok)
+    # warmed here, before the workers fork, so that each does not pay for it again (~40 ms a worker,
+    # measured: the eos-appending SentencePiece model, lazy imports behind the first clean and encode)
+    encoder.encode_flat(["a"], specials.eos, dtype)
+    clean_lines(["a b", "c\xa0d"], raw="a b\nc\xa0d".encode())
+    line_hashes([b"a"])
     tasks, owners = [], []
     for ci, c in enumerate(cleaned):
-        for t in _chunk_tasks(c, dtype, specials.eos):
+        for t in _chunk_tasks(c, cfg, dtype, specials.eos):
             tasks.append(t)
             owners.append(ci)
+    last_chunk = {ci: i for i, ci in enumerate(owners)}
     group_lines: dict[tuple[str, str], int] = {}
     for c in cleaned:
         key = (c.source.kind, c.source.name)
-        group_lines[key] = group_lines.get(key, 0) + c.n_lines
-    unk = specials.unk
+        group_lines[key] = group_lines.get(key, 0) + c.raw_lines
     counts: dict = {"mono": {}, "para": {}, "corpora": [dict.fromkeys(SPLITS, 0) for _ in cleaned]}
-    bar = progress_bar(progress, total=sum(c.n_lines for c in cleaned), desc="encode", unit=" lines")
-    writers: list[list[ShardWriter]] = []  # [split][side]
-    group, line0, valid, test = None, 0, None, None
-    results = _run_tasks(tasks, tok.to_str(), cfg.workers)
-    for ci, result in zip(owners, results):
-        c = cleaned[ci]
-        if (c.source.kind, c.source.name) != group:
-            if writers:
-                _finish(group, writers, counts)
-            group, line0 = (c.source.kind, c.source.name), 0
-            valid, test = split_indices(group_lines[group], cfg, c.source.name)
-            writers = [[ShardWriter(*shard_paths(out, c.source.kind, c.source.name, split,
-                                                 None if c.source.kind == "mono" else lang), dtype, unk)
-                        for lang in c.source.langs] for split in SPLITS]
-        n = len(result[0][1])
-        labels = _split_labels(line0, n, valid, test)
-        for si, split in enumerate(SPLITS):
-            keep = labels == si
-            if not keep.any():
-                continue
-            counts["corpora"][ci][split] += int(keep.sum())
-            for side, (ids, lengths) in enumerate(result):
-                writers[si][side].append(ids[np.repeat(keep, lengths)], lengths[keep])
-        line0 += n
-        bar.update(n)
-    if writers:
+    bar = progress_bar(progress, total=sum(c.raw_lines for c in cleaned), desc="encode", unit=" lines")
+    group, stream, seen, members = None, None, None, []
+
+    def finish_group():
+        c0 = cleaned[members[0]]
+        valid, test = split_indices(stream.n, cfg, c0.source.name)
+        writers = [[ShardWriter(*shard_paths(out, c0.source.kind, c0.source.name, split,
+                                             None if c0.source.kind == "mono" else lang), dtype, specials.unk)
+                    for lang in c0.source.langs] for split in SPLITS]
+        stream.route(writers, valid, test)
+        start = 0  # each corpus's share of each split, from its range of the group's sentences
+        for ci in members:
+            n = cleaned[ci].n_lines
+            labels = _split_labels(start, n, valid, test)
+            for si, split in enumerate(SPLITS):
+                counts["corpora"][ci][split] = int(np.count_nonzero(labels == si))
+            start += n
         _finish(group, writers, counts)
+
+    for i, (ci, (n, dropped, hashes, encoded)) in enumerate(zip(owners, _run_tasks(tasks, encoder, cfg.workers))):
+        c = cleaned[ci]
+        key = (c.source.kind, c.source.name)
+        if key != group:
+            if stream is not None:
+                finish_group()
+            # sized for every line of the group at once (at most half full): growing re-inserts every key
+            group, seen, members = key, HashSet64(1 << max(16, (2 * group_lines[key]).bit_length())), []
+            stream = _GroupStream(c.work_dir, key, len(c.source.files), dtype)
+        if ci not in members:
+            members.append(ci)
+        _count(c, n, dropped)
+        if hashes is not None:
+            is_new = seen.add(hashes)
+            kept = int(is_new.sum())
+            c.dropped["duplicate"] += len(hashes) - kept
+            if kept < len(hashes):
+                encoded = [(ids[np.repeat(is_new, lengths)], lengths[is_new]) for ids, lengths in encoded]
+        stream.append(encoded)
+        c.n_lines += len(encoded[0][1])
+        bar.update(n)
+        if last_chunk[ci] == i:
+            if c.n_lines == 0:
+                raise _no_usable_lines(c, cfg)
+            _log(progress, f"  {c.source.kind} {c.source.name} ({' / '.join(p.name for p in c.source.files)}): "
+                           f"{c.n_lines} lines kept of {c.lines_read}"
+                           + "".join(f", {v} {k}" for k, v in c.dropped.items() if v))
+    if stream is not None:
+        finish_group()
     bar.close()
     return counts
 
@@ -732,16 +897,12 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         tmp.rename(out)
 
 
-def _clean_all(sources: list[Source], cfg: PrepareConfig, work: Path, progress: bool) -> list[Cleaned]:
+def _scan_all(sources: list[Source], cfg: PrepareConfig, work: Path, progress: bool = False) -> list[Cleaned]:
     work.mkdir(parents=True, exist_ok=True)
-    cleaned = []
-    seen: dict[tuple[str, str], HashSet64] = {}  # one dedup set per language / pair, across its corpora
-    for i, src in enumerate(sources):
-        c = clean_source(src, cfg, work, progress, seen=seen.setdefault((src.kind, src.name), HashSet64()), index=i)
-        _log(progress, f"  {src.kind} {src.name} ({' / '.join(p.name for p in src.files)}): {c.n_lines} lines kept "
-                       f"of {c.lines_read}" + "".join(f", {v} {k}" for k, v in c.dropped.items() if v))
-        cleaned.append(c)
-    return cleaned
+    return [scan_source(src, cfg, work) for src in sources]
+
+
+_clean_all = _scan_all  # the former name
 
 
 def prepare_data(cfg: PrepareConfig, out_dir: str | Path, mono: dict | None = None, para: dict | None = None,
@@ -754,7 +915,7 @@ def prepare_data(cfg: PrepareConfig, out_dir: str | Path, mono: dict | None = No
     directory or its tokenizer.json) reuses that run's tokenizer and ids instead of training one
     (`reuse_tokenizer`), for continued pretraining of the run.
     """
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _cpu_s()
     out = Path(out_dir)
     sources = resolve_sources(mono, para, data_dir, cfg.extra_langs)
     stamp, hashes = input_stamp(sources, cfg)
@@ -768,14 +929,17 @@ def prepare_data(cfg: PrepareConfig, out_dir: str | Path, mono: dict | None = No
     tmp = _new_tmp_dir(out)
     try:
         _log(progress, f"xlmkit prepare: {len(sources)} inputs -> {out}")
-        timings = {}
+        timings = {"inputs": time.perf_counter() - t0}  # sha256 of the inputs (the stamp, duplicate text)
         t = time.perf_counter()
-        cleaned = _clean_all(sources, cfg, tmp / "work", progress)
-        timings["clean"] = time.perf_counter() - t
-        t = time.perf_counter()
-        from xlmkit.data.tokenizer import check_tokenizer, language_shares
+        cleaned = _scan_all(sources, cfg, tmp / "work", progress)
+        timings["scan"] = time.perf_counter() - t
+        t, cpu_t = time.perf_counter(), _cpu_s()
+        from xlmkit.data.tokenizer import FastEncoder, check_tokenizer, language_shares
 
-        line_counts = {lang: sum(n for _, n in segs) for lang, segs in _lang_segments(cleaned).items()}
+        line_counts: dict[str, int] = {}
+        for c in cleaned:
+            for lang in c.source.langs:
+                line_counts[lang] = line_counts.get(lang, 0) + c.raw_lines
         languages = sorted(line_counts)
         if reused is None:
             _log(progress, f"  training {cfg.tokenizer} tokenizer (vocab {cfg.vocab_size}, "
@@ -789,6 +953,7 @@ def prepare_data(cfg: PrepareConfig, out_dir: str | Path, mono: dict | None = No
                                                                else "tokenizers"),
                                "character_coverage": cfg.character_coverage, "byte_fallback": cfg.byte_fallback,
                                "alpha": cfg.alpha, "sample_sentences": sample_sizes,
+                               # over the raw line counts: the sample is drawn before the text is cleaned
                                "sample_shares": language_shares(line_counts, cfg.alpha)}
         else:
             _log(progress, f"  reusing the tokenizer of {reused.source} (vocab {reused.vocab_size})")
@@ -799,14 +964,14 @@ def prepare_data(cfg: PrepareConfig, out_dir: str | Path, mono: dict | None = No
                                "vocab_size": reused.vocab_size}
         tok.save(str(tmp / "tokenizer.json"))
         timings["tokenizer"] = time.perf_counter() - t
+        cpu_tokenizer = _cpu_s() - cpu_t
         dtype = "uint16" if ids["vocab_size"] <= 1 << 16 else "int32"
         t = time.perf_counter()
-        from xlmkit.data.tokenizer import FastEncoder
-
-        engine = FastEncoder(tok).engine
-        _log(progress, f"  encoding with {engine} in {cfg.workers} worker process{'es' if cfg.workers > 1 else ''}")
-        counts = encode_sources(cleaned, tok, tmp, cfg, dtype, progress, SpecialIds(**ids["specials"]))
-        tokenizer_entry["encoded_with"] = _engine_version(engine)
+        encoder = FastEncoder(tok)  # built once: worker processes inherit it
+        _log(progress, f"  cleaning and encoding with {encoder.engine} in {cfg.workers} worker "
+                       f"process{'es' if cfg.workers > 1 else ''}")
+        counts = encode_sources(cleaned, encoder, tmp, cfg, dtype, progress, SpecialIds(**ids["specials"]))
+        tokenizer_entry["encoded_with"] = _engine_version(encoder.engine)
         timings["encode"] = time.perf_counter() - t
         shutil.rmtree(tmp / "work")
         manifest = {
@@ -827,8 +992,17 @@ def prepare_data(cfg: PrepareConfig, out_dir: str | Path, mono: dict | None = No
             "config": config_to_dict(cfg),
             "tokenizer": tokenizer_entry,
             "stamp": stamp,
-            "timings_s": {k: round(v, 3) for k, v in timings.items()},  # informative only
+            "timings_s": None,  # filled in below
         }
+        # informative only. inputs: sha256 of the input files; scan: line offsets; tokenizer: its sample
+        # drawn and cleaned, training; encode: the fused read, clean, dedup, encode and shard writing;
+        # total: the whole call, manifest and shard checksums included.
+        timings["total"] = time.perf_counter() - t0
+        manifest["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
+        # CPU seconds of this process and its finished workers: less at the mercy of a shared machine
+        cpu_total = _cpu_s() - cpu0
+        manifest["cpu_s"] = {"tokenizer": round(cpu_tokenizer, 3), "rest": round(cpu_total - cpu_tokenizer, 3),
+                             "total": round(cpu_total, 3)}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         _replace_dir(tmp, out)
     except BaseException:
@@ -837,6 +1011,14 @@ def prepare_data(cfg: PrepareConfig, out_dir: str | Path, mono: dict | None = No
     _log(progress, f"xlmkit prepare: wrote {out} in {time.perf_counter() - t0:.1f}s "
                    f"({len(languages)} languages, {len(counts['para'])} pairs, vocab {ids['vocab_size']})")
     return out
+
+
+def _cpu_s() -> float:
+    """User + system CPU seconds of this process and of its waited-for children (the pool's workers)."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _source_entry(c: Cleaned, hashes: dict[Path, str], splits: dict[str, int]) -> dict:
@@ -867,7 +1049,7 @@ def train_tokenizer_only(cfg: PrepareConfig, out_dir: str | Path, mono=None, par
                         f"were encoded with; write the tokenizer elsewhere")
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="tokenizer.tmp-", dir=out) as tmp:
-        cleaned = _clean_all(sources, cfg, Path(tmp) / "work", progress)
+        cleaned = _scan_all(sources, cfg, Path(tmp) / "work", progress)
         tok, _ = fit_tokenizer(cleaned, cfg, progress)
         tok.save(str(Path(tmp) / "tokenizer.json"))
         os.replace(Path(tmp) / "tokenizer.json", out / "tokenizer.json")

@@ -33,8 +33,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+import itertools
 import json
+import operator
 import re
+import struct
 
 import numpy as np
 
@@ -406,19 +409,56 @@ class FastEncoder:
     def __init__(self, tok):
         self.tok = tok
         self.spm, self.special_re = _sentencepiece_from(tok)
+        self._with_eos: dict[int, object] = {}  # eos id -> a SentencePiece processor that appends it
 
     @property
     def engine(self) -> str:
         return "sentencepiece" if self.spm is not None else "tokenizers"
 
     def encode(self, lines: list[str]) -> list[list[int]]:
+        return self._encode(lines, None)
+
+    def encode_flat(self, lines: list[str], eos: int | None = None, dtype="int64") -> tuple[np.ndarray, np.ndarray]:
+        """-> (every line's ids one after another, each followed by `eos` when given; the number of ids
+        per line, eos included): the shards' form."""
+        ids = self._encode(lines, eos)
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        # lists of Python ints to one array: struct.pack of the chained list is ~30% faster than
+        # np.fromiter (measured: ~6% of SentencePiece's own time against ~9%), a list op per line slower
+        flat = list(itertools.chain.from_iterable(ids))
+        return np.frombuffer(struct.pack(f"<{len(flat)}q", *flat), dtype="<i8").astype(dtype), lengths
+
+    def _encode(self, lines: list[str], eos: int | None) -> list[list[int]]:
         if self.spm is None:
-            return [e.ids for e in self.tok.encode_batch_fast(lines, add_special_tokens=False)]
-        ids = self.spm.encode(lines, out_type=int, num_threads=1)
-        for i, line in enumerate(lines):
-            if ("<" in line and self.special_re.search(line)) or len(line) > MAX_EXACT_CHARS:
-                ids[i] = self.tok.encode(line, add_special_tokens=False).ids
+            ids = [e.ids for e in self.tok.encode_batch_fast(lines, add_special_tokens=False)]
+            return ids if eos is None else [x + [eos] for x in ids]
+        # SentencePiece appends the eos itself (an id per line from C++, not a Python list operation)
+        ids = self._processor(eos).encode(lines, out_type=int, num_threads=1, add_eos=eos is not None)
+        for i in self._tokenizers_lines(lines):
+            ids[i] = self.tok.encode(lines[i], add_special_tokens=False).ids + ([] if eos is None else [eos])
         return ids
+
+    def _processor(self, eos: int | None):
+        if eos is None:
+            return self.spm
+        if eos not in self._with_eos:
+            import sentencepiece as spm
+            from sentencepiece import sentencepiece_model_pb2 as pb
+
+            proto = pb.ModelProto()
+            proto.ParseFromString(self.spm.serialized_model_proto())
+            proto.trainer_spec.eos_id = eos
+            self._with_eos[eos] = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
+        return self._with_eos[eos]
+
+    def _tokenizers_lines(self, lines: list[str]) -> list[int]:
+        """Indices of the lines `tokenizers` must encode (special-token text, or too long for exact
+        float32 sums), found by C-level scans: a Python test per line costs ~0.1 us, ~1% of encoding."""
+        out = [i for i in itertools.compress(range(len(lines)), map(operator.contains, lines, itertools.repeat("<")))
+               if self.special_re.search(lines[i])]
+        if lines and max(map(len, lines)) > MAX_EXACT_CHARS:
+            out = sorted(set(out) | {i for i, line in enumerate(lines) if len(line) > MAX_EXACT_CHARS})
+        return out
 
 
 def _sentencepiece_from(tok):
