@@ -415,6 +415,7 @@ class LoadedQAModel:
     tokenizer: Any
     contract: RunContract
     path: Path
+    tokenizer_path: Path
 
 
 def is_qa_dir(path: str | Path) -> bool:
@@ -445,7 +446,7 @@ def load_qa_model(path: str | Path, which: str = "best", device: str | torch.dev
     model.to(device).eval()
     tokenizer = open_tokenizer(loaded.tokenizer_path)
     return LoadedQAModel(model, spec, loaded.config, loaded.vocab, tokenizer,
-                         contract_for(loaded.vocab, tokenizer, loaded.model), loaded.path)
+                         contract_for(loaded.vocab, tokenizer, loaded.model), loaded.path, loaded.tokenizer_path)
 
 
 # ----------------------------------------------------------------------------------------------
