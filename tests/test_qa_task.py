@@ -289,3 +289,23 @@ def test_xquad_protocol_split_on_the_real_data(shared_data):
     assert len(train) + len(test) == 1190 and not {e.qid for e in train} & {e.qid for e in test}
     de, _ = read_squad(files["de"], "de")
     assert {e.qid for e in split_articles(de, 32, 16, "de")[1]} == {e.qid for e in test}
+
+
+def test_the_span_head_learns_its_training_questions(tiny_random_run, tmp_path):
+    """From random init, some epochs on a few questions: the decoded answers match most of them (the
+    loss, the targets and the decoding agree on positions)."""
+    from xlmkit.tasks.finetune import load_pretrained
+    from xlmkit.tasks.qa import qa_scores
+    from xlmkit.tasks.qa_task import QASpec, encode_qa, finetune_qa, predict_answers
+
+    xq = write_tiny_xquad(tmp_path / "xq", langs=("en",), n_articles=2, paragraphs=3, questions=4, seed=1)
+    exs, _ = read_squad(xq / "xquad.en.json", "en")
+    loaded, ft = load_pretrained(tiny_random_run, overrides=[*FT, "finetune.batch_size=16", "finetune.epochs=40",
+                                                             "finetune.lr=1e-3", "finetune.head_lr=1e-3"])
+    res = finetune_qa(loaded, ft, exs, spec=QASpec(max_len=48, stride=16), log=lambda s: None)
+    first = [r["loss"] for r in res.history if r["split"] == "train"][0]
+    last = [r["loss"] for r in res.history if r["split"] == "train"][-1]
+    assert last < first / 2
+    data = encode_qa(res.tokenizer, exs, res.spec, res.contract)
+    scores = qa_scores(predict_answers(res.model, data, res.spec, res.contract.pad_id), exs)
+    assert scores["f1"] > 35, scores
