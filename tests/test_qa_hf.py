@@ -121,11 +121,12 @@ def test_export_a_fine_tuned_qa_directory(tiny_random_run, xquad, tmp_path):
             "--train-articles", "2", "--test-articles", "1", "--max-len", "40", "--stride", "12"]
     for o in (*FT, "finetune.max_steps=2"):
         args += ["--set", o]
-    assert main(args) == 0
+    assert main(args + ["--export-hf", str(tmp_path / "hf")]) == 0
     qa_dir = tmp_path / "eval" / "model"
-    out = export_qa(qa_dir, tmp_path / "hf")
+    out = tmp_path / "hf"
+    assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
     with pytest.raises(Exception, match="not empty"):
-        export_qa(qa_dir, tmp_path / "hf")
+        export_qa(qa_dir, out)
     qa = load_qa_model(qa_dir)
     hf = transformers.AutoModelForQuestionAnswering.from_pretrained(str(out), local_files_only=True).eval()
     tok = transformers.AutoTokenizer.from_pretrained(str(out))

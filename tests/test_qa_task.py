@@ -309,3 +309,10 @@ def test_the_span_head_learns_its_training_questions(tiny_random_run, tmp_path):
     data = encode_qa(res.tokenizer, exs, res.spec, res.contract)
     scores = qa_scores(predict_answers(res.model, data, res.spec, res.contract.pad_id), exs)
     assert scores["f1"] > 35, scores
+
+
+def test_windows_longer_than_the_model_are_refused(tiny_random_run, tiny_xquad, tmp_path, capsys):
+    args = qa_args(tiny_random_run, tiny_xquad, tmp_path / "e")
+    args[args.index("--max-len") + 1] = "100"
+    assert main(args) == 2
+    assert "max_len 100 > model.max_positions 64" in capsys.readouterr().err

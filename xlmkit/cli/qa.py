@@ -35,16 +35,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="drop and count answers whose text is not at their answer_start (default: error)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the fine-tuning in OUT/model from its newest checkpoint (same settings)")
+    parser.add_argument("--export-hf", default=None, metavar="DIR",
+                        help="also write the QA model as a transformers directory (XLMRobertaForQuestionAnswering "
+                             "without language embeddings, else XLMForQuestionAnsweringSimple; needs xlmkit[hf])")
 
 
 def run(args: argparse.Namespace) -> int:
     from xlmkit.cli.options import comma_list
     from xlmkit.tasks.qa_task import zero_shot_qa
 
-    zero_shot_qa(args.model, args.data, args.out, train_lang=args.train_lang,
+    table = zero_shot_qa(args.model, args.data, args.out, train_lang=args.train_lang,
                  langs=comma_list(args.langs) if args.langs else None, train_articles=args.train_articles,
                  test_articles=args.test_articles, which=args.which, config=args.config, overrides=args.overrides,
                  unknown_lang_id=args.unknown_lang_id, skip_misaligned=args.skip_misaligned, max_len=args.max_len,
                  stride=args.stride, max_question_tokens=args.max_question_tokens,
                  max_answer_tokens=args.max_answer_tokens, n_best=args.n_best, resume=args.resume)
+    if args.export_hf:
+        from xlmkit.interop.hf_qa import export_qa
+
+        out = export_qa(table["meta"]["qa_model"], args.export_hf)
+        print(f"[qa] transformers QA model in {out}")
     return 0

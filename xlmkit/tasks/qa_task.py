@@ -342,6 +342,8 @@ def finetune_qa(
     seed_everything(ft.seed)
     encoder = loaded.model
     spec = spec or resolve_spec(encoder)
+    if spec.max_len > encoder.cfg.max_positions:
+        raise XlmkitError(f"QA max_len {spec.max_len} > model.max_positions {encoder.cfg.max_positions}")
     spec = dataclasses.replace(spec, base_model=str(loaded.path))
     tokenizer = open_tokenizer(loaded.tokenizer_path)
     contract = contract_for(loaded.vocab, tokenizer, encoder)
