@@ -12,8 +12,8 @@ character removed, each language's articles (en, es, de, vi, ar; none for hi and
 split into single characters ("mixed segmentation"). Languages MLQA does not cover (ru, el, tr, ...)
 are normalised as whitespace languages without articles.
 
-The pieces here are pure functions on token offsets and logits; the span head and its fine-tuning
-live with the other tasks.
+The pieces here are pure functions on token offsets and logits; the span head, its fine-tuning on
+the training engine and the XQuAD protocol (`xlmkit qa`) are in xlmkit.tasks.qa_task.
 """
 
 from __future__ import annotations
