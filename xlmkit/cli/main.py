@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate-mt": ("xlmkit.cli.translate", "sacreBLEU and chrF of a train-mt run on a test set"),
     "generate": ("xlmkit.cli.translate", "continue prompts with a run pretrained with CLM steps (greedy or sampled)"),
     "finetune": ("xlmkit.cli.finetune", "fine-tune a pretrained model on a classification or tagging task"),
+    "qa": ("xlmkit.cli.qa", "extractive question answering: fine-tune a span head, zero-shot XQuAD EM / F1"),
     "evaluate": ("xlmkit.cli.evaluate", "zero-shot cross-lingual evaluation: train on one language, test on all"),
     "embed": ("xlmkit.cli.retrieval", "sentence embeddings of a text file"),
     "retrieve": ("xlmkit.cli.retrieval", "bitext retrieval accuracy (Tatoeba protocol)"),

@@ -559,6 +559,9 @@ def load_finetuned(path: str | Path, which: str = "best", device: str | torch.de
     if not is_finetuned_dir(path):
         raise XlmkitError(f"{path}: not a fine-tuned model directory (no {TASK_FILE})")
     spec = TaskSpec.from_json(json.loads((path / TASK_FILE).read_text(encoding="utf-8")))
+    if spec.task not in TASKS:  # e.g. a QA model (xlmkit qa): its head is a span head, not a classifier
+        raise XlmkitError(f"{path} is a fine-tuned {spec.task!r} model, not a classification / pair / token one; "
+                          f"use the command that made it (e.g. `xlmkit qa --model {path}`)")
     loaded = load_model(path, which=which, device="cpu")
     head_file = loaded.path / HEAD_FILE
     if not head_file.is_file():

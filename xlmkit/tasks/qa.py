@@ -12,8 +12,8 @@ character removed, each language's articles (en, es, de, vi, ar; none for hi and
 split into single characters ("mixed segmentation"). Languages MLQA does not cover (ru, el, tr, ...)
 are normalised as whitespace languages without articles.
 
-The pieces here are pure functions on token offsets and logits; the span head and its fine-tuning
-live with the other tasks.
+The pieces here are pure functions on token offsets and logits; the span head, its fine-tuning on
+the training engine and the XQuAD protocol (`xlmkit qa`) are in xlmkit.tasks.qa_task.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ class QAExample:
     context: str
     answers: tuple[tuple[str, int], ...]  # (text, character start in context)
     title: str = ""
+    article: int = 0  # index of its article in the file (XQuAD's protocol splits by article)
 
 
 def read_squad(path: str | Path, lang: str, skip_misaligned: bool = False) -> tuple[list[QAExample], int]:
@@ -60,7 +61,7 @@ def read_squad(path: str | Path, lang: str, skip_misaligned: bool = False) -> tu
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise DataError(f"{path}: not SQuAD JSON (expected an object with a 'data' list)")
     out, skipped = [], 0
-    for article in data["data"]:
+    for article_index, article in enumerate(data["data"]):
         title = str(article.get("title", ""))
         for para in article.get("paragraphs", []):
             context = para.get("context")
@@ -79,7 +80,8 @@ def read_squad(path: str | Path, lang: str, skip_misaligned: bool = False) -> tu
                                         f"of its context (pass skip_misaligned to count and skip such answers)")
                     answers.append((text, start))
                 if answers or not qa.get("answers"):
-                    out.append(QAExample(qid, lang, str(qa.get("question", "")), context, tuple(answers), title))
+                    out.append(QAExample(qid, lang, str(qa.get("question", "")), context, tuple(answers), title,
+                                         article_index))
     return out, skipped
 
 
