@@ -30,9 +30,10 @@ def config_from_args(args: argparse.Namespace):
 POOLINGS = ("mean", "first")  # xlmkit.tasks.finetune.POOLINGS (a test checks they agree)
 
 
-def add_model_and_config_arguments(parser: argparse.ArgumentParser, unknown_lang: bool = True) -> None:
+def add_model_and_config_arguments(parser: argparse.ArgumentParser, unknown_lang: bool = True,
+                                   pooling: bool = True, model_help: str | None = None) -> None:
     """The pretrained model and fine-tuning settings of finetune, evaluate and langid."""
-    parser.add_argument("--model", required=True, help="pretrained run directory (or checkpoint directory)")
+    parser.add_argument("--model", required=True, help=model_help or "pretrained run directory (or checkpoint directory)")
     parser.add_argument("--which", default="best", choices=("best", "latest"),
                         help="checkpoint of the run to start from (default: best)")
     parser.add_argument("--config", default=None,
@@ -44,6 +45,8 @@ def add_model_and_config_arguments(parser: argparse.ArgumentParser, unknown_lang
         parser.add_argument("--unknown-lang-id", default=None, metavar="LANG|ID",
                             help="language-embedding id for languages the model has none for: a language of "
                                  "the model (e.g. en) or an integer id (default: such languages are an error)")
+    if not pooling:
+        return
     parser.add_argument("--pooling", default="mean", choices=POOLINGS,
                         help="sentence representation for classification / pair: mean of the tokens "
                              "(default) or the first token (XLM)")

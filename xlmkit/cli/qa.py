@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from xlmkit.cli.options import add_model_and_config_arguments
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True,
-                        help="pretrained run directory (fine-tuned on the training language), or a QA model "
-                             "directory written by this command (OUT/model: tested only)")
+    add_model_and_config_arguments(parser, pooling=False, model_help=(
+        "pretrained run directory (fine-tuned on the training language), or a QA model directory written by "
+        "this command (OUT/model: tested only)"))
     parser.add_argument("--data", required=True, help="directory of xquad.<lang>.json files (SQuAD v1.1 format)")
     parser.add_argument("--out", required=True, help="output directory: model/ and xquad.json + xquad.md")
-    parser.add_argument("--which", default="best", choices=("best", "latest"),
-                        help="checkpoint of the run to start from (default: best)")
-    parser.add_argument("--config", default=None,
-                        help="preset or config file whose finetune section to use (default: the run's own)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="finetune.KEY=VALUE",
-                        help="override a fine-tuning setting, e.g. --set finetune.lr=1e-4 (repeatable; also "
-                             "model.dropout / model.attention_dropout)")
-    parser.add_argument("--unknown-lang-id", default=None, metavar="LANG|ID",
-                        help="language-embedding id for languages the model has none for: a language of "
-                             "the model (e.g. en) or an integer id (default: such languages are an error)")
     parser.add_argument("--langs", default=None, help="comma-separated languages to test (default: every file)")
     parser.add_argument("--train-lang", default="en", help="language whose questions train (default: en)")
     parser.add_argument("--train-articles", type=int, default=32, help="training articles, from the first (32)")

@@ -91,13 +91,22 @@ class TaskSpec:
     unknown_lang_id: int | None = None  # language-embedding id for languages the model lacks (None: error)
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self) | {"labels": list(self.labels)}
+        return spec_to_json(self)
 
     @classmethod
     def from_json(cls, d: dict) -> TaskSpec:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        d = {k: v for k, v in d.items() if k in fields}
-        return cls(**(d | {"labels": tuple(d["labels"])}))
+        return spec_from_json(cls, d)
+
+
+def spec_to_json(spec) -> dict:
+    """A task's frozen spec dataclass -> task.json (tuples as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(spec).items()}
+
+
+def spec_from_json(cls, d: dict):
+    """task.json -> the spec dataclass `cls` (unknown keys ignored, lists back to tuples)."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in fields})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -438,6 +447,33 @@ class EpochSampler:
         self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
 
 
+def open_task_dir(out_dir: str | Path | None, resume: bool, dist, name: str, write_files: Callable[[Path], None],
+                  check_resume: Callable[[Path, dict], None]) -> tuple[Path | None, Path | None]:
+    """(OUT, the checkpoint to resume from) of a fine-tuning task (engine.open_run_dir); without an
+    OUT nothing is written and there is nothing to resume."""
+    from xlmkit.train.engine import open_run_dir
+
+    if out_dir is None:
+        if resume:
+            raise XlmkitError(f"{name}: resume needs the output directory of the run to continue")
+        return None, None
+    out = Path(out_dir)
+    return out, open_run_dir(out, resume, dist, name, lambda: write_files(out), check_resume)
+
+
+def epoch_loop(ft: FinetuneConfig, total: int, steps_per_epoch: int, name: str, select: str, has_dev: bool):
+    """The engine's loop for a fine-tuning task: an evaluation on the dev set after every epoch,
+    best/ by its `select` metric (higher is better), early stopping by finetune.patience epochs,
+    a resumable checkpoint every epoch (or finetune.save_every steps)."""
+    from xlmkit.train.engine import LoopConfig
+
+    return LoopConfig(max_steps=total, precision=ft.precision, grad_accum=ft.grad_accum, clip_norm=ft.clip_norm,
+                      log_every=ft.log_every or steps_per_epoch, eval_every=steps_per_epoch,
+                      save_every=ft.save_every or steps_per_epoch, keep_last=ft.keep_last, seed=ft.seed,
+                      parallel=ft.parallel, select=(select, "max"), patience=ft.patience if has_dev else 0,
+                      eval_at_start=False, eval_split="dev", name=name, epoch_steps=steps_per_epoch)
+
+
 def selection_metric(task: str, labels: Sequence[str]) -> str:
     """What best/ and early stopping look at (dev_metric's choice, known before any evaluation)."""
     from xlmkit.tasks import scores as M
@@ -452,29 +488,36 @@ def selection_metric(task: str, labels: Sequence[str]) -> str:
 
 
 @torch.no_grad()
-def predict(model: TaskModel, data: Sequence[Encoded], pad_id: int, batch_size: int, device: torch.device,
-            precision: str = "auto") -> list:
-    """Predicted label indices: one int per example, or (token task) one array per example holding a
-    prediction for each kept word. Batches are formed by length, results returned in input order."""
+def forward_by_length(model: nn.Module, call: Callable, data: Sequence[Encoded], pad_id: int, batch_size: int,
+                      device: torch.device, precision: str = "auto"):
+    """Yields (indices, call(**inputs)) over `data` in batches formed by length (so a batch pads to
+    about its own examples' length), `model` in eval mode and without gradients meanwhile. The one
+    inference loop of every classification-style task (predict, QA's window logits)."""
     from xlmkit.core.runtime import autocast
 
     was_training = model.training
     model.eval()
-    order = sorted(range(len(data)), key=lambda i: len(data[i].ids))
+    try:
+        order = sorted(range(len(data)), key=lambda i: len(data[i].ids))
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            batch = collate([data[i] for i in idx], pad_id)
+            inputs = {k: (v.to(device) if v is not None else None) for k, v in batch.items() if k != "target"}
+            with autocast(device, precision):
+                yield idx, call(**inputs)
+    finally:
+        model.train(was_training)
+
+
+def predict(model: TaskModel, data: Sequence[Encoded], pad_id: int, batch_size: int, device: torch.device,
+            precision: str = "auto") -> list:
+    """Predicted label indices: one int per example, or (token task) one array per example holding a
+    prediction for each kept word. Batches are formed by length, results returned in input order."""
     out: list = [None] * len(data)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        batch = collate([data[i] for i in idx], pad_id)
-        inputs = {k: (v.to(device) if v is not None else None) for k, v in batch.items() if k != "target"}
-        with autocast(device, precision):
-            logits = model(**inputs)
+    for idx, logits in forward_by_length(model, model, data, pad_id, batch_size, device, precision):
         pred = logits.float().argmax(-1).cpu().numpy()
         for row, i in enumerate(idx):
-            if model.task == "token":
-                out[i] = pred[row, data[i].word_positions]
-            else:
-                out[i] = int(pred[row])
-    model.train(was_training)
+            out[i] = pred[row, data[i].word_positions] if model.task == "token" else int(pred[row])
     return out
 
 
@@ -611,7 +654,7 @@ def finetune(
     from xlmkit.core.runtime import choose_precision, init_distributed, pick_device, seed_everything
     from xlmkit.model.encoder import TransformerLayer
     from xlmkit.train.checkpoint import best_dir, load_weights, save_checkpoint
-    from xlmkit.train.engine import LoopConfig, TrainJob, open_run_dir, train
+    from xlmkit.train.engine import TrainJob, train
 
     t0 = time.time()
     if (getattr(loaded, "compression", None) or {}).get("int8"):
@@ -652,14 +695,9 @@ def finetune(
     total = ft.max_steps if ft.max_steps > 0 else ft.epochs * steps_per_epoch
     cfg = dataclasses.replace(loaded.config, finetune=ft)
     key = selection_metric(ft.task, labels)
-    out = Path(out_dir) if out_dir is not None else None
-    resume_from = None
-    if out is not None:
-        resume_from = open_run_dir(out, resume, dist, "finetune",
-                                   write_files=lambda: _write_run_files(out, cfg, loaded, spec),
-                                   check_resume=lambda ckpt, state: _check_resume(ckpt, state, spec, cfg))
-    elif resume:
-        raise XlmkitError("finetune: resume needs the output directory of the run to continue")
+    out, resume_from = open_task_dir(out_dir, resume, dist, "finetune",
+                                     write_files=lambda out: write_task_run_files(out, cfg, loaded, spec),
+                                     check_resume=lambda ckpt, state: _check_resume(ckpt, state, spec, cfg))
 
     def evaluate(_wrapped: nn.Module) -> dict[str, float]:
         if dev_data is None:
@@ -673,11 +711,7 @@ def finetune(
                    evaluate=evaluate, param_groups=lambda m: param_groups(m, ft), weight_files=WEIGHT_FILES,
                    state_extra={"task": spec.to_json()}, cfg=cfg, vocab=loaded.vocab,
                    layer_types=(TransformerLayer,))
-    loop = LoopConfig(max_steps=total, precision=ft.precision, grad_accum=ft.grad_accum, clip_norm=ft.clip_norm,
-                      log_every=ft.log_every or steps_per_epoch, eval_every=steps_per_epoch,
-                      save_every=ft.save_every or steps_per_epoch, keep_last=ft.keep_last, seed=ft.seed,
-                      parallel=ft.parallel, select=(key, "max"), patience=ft.patience if dev_data is not None else 0,
-                      eval_at_start=False, eval_split="dev", name="finetune", epoch_steps=steps_per_epoch)
+    loop = epoch_loop(ft, total, steps_per_epoch, "finetune", key, has_dev=dev_data is not None)
     log(f"[finetune] {precision_note}")
     log(f"[finetune] task={ft.task} labels={len(labels)} train={len(train_data)} dev={len(dev_data or [])} "
         f"steps={total} ({steps_per_epoch}/epoch) device={device} lr={ft.lr} head_lr={ft.head_lr} "
@@ -703,11 +737,21 @@ def finetune(
 WEIGHT_FILES = {"encoder.": ("model.safetensors", ""), "head.": (HEAD_FILE, "head.")}
 
 
-def _write_run_files(out: Path, cfg: Config, loaded, spec: TaskSpec) -> None:
+def write_task_run_files(out: Path, cfg: Config, loaded, spec) -> None:
+    """A fine-tuning task's run files: config.json, vocab.json, tokenizer.json, task.json (its spec)."""
     from xlmkit.train.checkpoint import write_run_files
 
     write_run_files(out, cfg, loaded.vocab, loaded.tokenizer_path)
     (out / TASK_FILE).write_text(json.dumps(spec.to_json(), indent=2) + "\n", encoding="utf-8")
+
+
+def report_changed_settings(state: dict, cfg: Config, name: str) -> None:
+    """On resume, say which finetune.* settings differ from the checkpoint's (they apply from now on)."""
+    saved_ft = config_from_dict(state["config"]).finetune
+    changed = [f"finetune.{f.name}: {getattr(saved_ft, f.name)!r} -> {getattr(cfg.finetune, f.name)!r}"
+               for f in dataclasses.fields(saved_ft) if getattr(saved_ft, f.name) != getattr(cfg.finetune, f.name)]
+    if changed:
+        print(f"[{name}] resuming with changed settings: " + "; ".join(changed))
 
 
 def _check_resume(ckpt: Path, state: dict, spec: TaskSpec, cfg: Config) -> None:
@@ -715,11 +759,7 @@ def _check_resume(ckpt: Path, state: dict, spec: TaskSpec, cfg: Config) -> None:
     if saved.task != spec.task or saved.labels != spec.labels:
         raise XlmkitError(f"cannot resume from {ckpt}: it fine-tunes {saved.task} with labels {list(saved.labels)}, "
                           f"this run {spec.task} with {list(spec.labels)}")
-    saved_ft = config_from_dict(state["config"]).finetune
-    changed = [f"finetune.{f.name}: {getattr(saved_ft, f.name)!r} -> {getattr(cfg.finetune, f.name)!r}"
-               for f in dataclasses.fields(saved_ft) if getattr(saved_ft, f.name) != getattr(cfg.finetune, f.name)]
-    if changed:
-        print("[finetune] resuming with changed settings: " + "; ".join(changed))
+    report_changed_settings(state, cfg, "finetune")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -60,11 +60,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xlmkit.core.config import Config, FinetuneConfig, config_from_dict
+from xlmkit.core.config import Config, FinetuneConfig
 from xlmkit.core.errors import DataError, XlmkitError
 from xlmkit.core.integrity import open_tokenizer
 from xlmkit.data.contract import RunContract
-from xlmkit.tasks.finetune import HEAD_FILE, TASK_FILE, Encoded, EpochSampler, collate, optim_config, param_groups
+from xlmkit.tasks.finetune import (HEAD_FILE, TASK_FILE, Encoded, EpochSampler, epoch_loop, open_task_dir,
+                                   optim_config, param_groups, report_changed_settings, write_task_run_files,
+                                   spec_from_json, spec_to_json)
 from xlmkit.tasks.qa import QAExample, QAFeature, decode_answer, qa_features, qa_scores, read_squad
 
 QA_TASK = "qa"
@@ -92,15 +94,11 @@ class QASpec:
     labels: tuple[str, ...] = ("start", "end")  # the head's two outputs (task.json readers expect labels)
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self) | {"labels": list(self.labels)}
+        return spec_to_json(self)
 
     @classmethod
     def from_json(cls, d: dict) -> QASpec:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        d = {k: v for k, v in d.items() if k in fields}
-        if "labels" in d:
-            d["labels"] = tuple(d["labels"])
-        return cls(**d)
+        return spec_from_json(cls, d)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -214,23 +212,15 @@ class SpanLoss(nn.Module):
 def window_logits(model: SpanModel, inputs: Sequence[Encoded], pad_id: int, batch_size: int, device: torch.device,
                   precision: str = "fp32") -> list[tuple[np.ndarray, np.ndarray]]:
     """(start, end) logits (L,) of every window, in input order (batches formed by length)."""
-    from xlmkit.core.runtime import autocast
+    from xlmkit.tasks.finetune import forward_by_length
 
-    was_training = model.training
-    model.eval()
-    order = sorted(range(len(inputs)), key=lambda i: len(inputs[i].ids))
     out: list = [None] * len(inputs)
-    for begin in range(0, len(order), batch_size):
-        idx = order[begin:begin + batch_size]
-        b = collate([inputs[i] for i in idx], pad_id)
-        args = {k: (v.to(device) if v is not None else None) for k, v in b.items() if k != "target"}
-        with autocast(device, precision):
-            start, end = span_logits(model, **args)
+    for idx, (start, end) in forward_by_length(model, lambda **a: span_logits(model, **a), inputs, pad_id,
+                                               batch_size, device, precision):
         start, end = start.float().cpu().numpy(), end.float().cpu().numpy()
         for row, i in enumerate(idx):
             n = len(inputs[i].ids)
             out[i] = (start[row, :n], end[row, :n])
-    model.train(was_training)
     return out
 
 
@@ -269,13 +259,6 @@ class QAFinetuneResult:
     seconds: float
 
 
-def _write_run_files(out: Path, cfg: Config, loaded, spec: QASpec) -> None:
-    from xlmkit.train.checkpoint import write_run_files
-
-    write_run_files(out, cfg, loaded.vocab, loaded.tokenizer_path)
-    (out / TASK_FILE).write_text(json.dumps(spec.to_json(), indent=2) + "\n", encoding="utf-8")
-
-
 def _check_resume(ckpt: Path, state: dict, spec: QASpec, cfg: Config) -> None:
     saved = state.get("task") or {}
     if saved.get("task") != QA_TASK:
@@ -286,11 +269,7 @@ def _check_resume(ckpt: Path, state: dict, spec: QASpec, cfg: Config) -> None:
                if getattr(saved_spec, f) != getattr(spec, f)]
     if changed:
         raise XlmkitError(f"cannot resume from {ckpt}: its windows differ from this run's ({'; '.join(changed)})")
-    saved_ft = config_from_dict(state["config"]).finetune
-    diff = [f"finetune.{f.name}: {getattr(saved_ft, f.name)!r} -> {getattr(cfg.finetune, f.name)!r}"
-            for f in dataclasses.fields(saved_ft) if getattr(saved_ft, f.name) != getattr(cfg.finetune, f.name)]
-    if diff:
-        print("[qa] resuming with changed settings: " + "; ".join(diff))
+    report_changed_settings(state, cfg, "qa")
 
 
 def resolve_spec(model: nn.Module, max_len: int | None = None, **settings) -> QASpec:
@@ -325,7 +304,7 @@ def finetune_qa(
     from xlmkit.model.encoder import TransformerLayer
     from xlmkit.tasks.finetune import freeze_layers
     from xlmkit.train.checkpoint import best_dir, load_weights, save_checkpoint
-    from xlmkit.train.engine import LoopConfig, TrainJob, open_run_dir, train
+    from xlmkit.train.engine import TrainJob, train
 
     t0 = time.time()
     if (getattr(loaded, "compression", None) or {}).get("int8"):
@@ -358,13 +337,9 @@ def finetune_qa(
     steps_per_epoch = math.ceil(len(train_data.inputs) / ft.batch_size)
     total = ft.max_steps if ft.max_steps > 0 else ft.epochs * steps_per_epoch
     cfg = dataclasses.replace(loaded.config, finetune=ft)
-    out = Path(out_dir) if out_dir is not None else None
-    resume_from = None
-    if out is not None:
-        resume_from = open_run_dir(out, resume, dist, "qa", write_files=lambda: _write_run_files(out, cfg, loaded, spec),
-                                   check_resume=lambda ckpt, state: _check_resume(ckpt, state, spec, cfg))
-    elif resume:
-        raise XlmkitError("qa: resume needs the output directory of the run to continue")
+    out, resume_from = open_task_dir(out_dir, resume, dist, "qa",
+                                     write_files=lambda out: write_task_run_files(out, cfg, loaded, spec),
+                                     check_resume=lambda ckpt, state: _check_resume(ckpt, state, spec, cfg))
 
     def evaluate(_wrapped: nn.Module) -> dict[str, float]:
         if dev_data is None:
@@ -379,11 +354,7 @@ def finetune_qa(
                                         QA_TASK, dist.rank, dist.world_size),
                    evaluate=evaluate, param_groups=lambda m: param_groups(m, ft), weight_files=WEIGHT_FILES,
                    state_extra={"task": spec.to_json()}, cfg=cfg, vocab=loaded.vocab, layer_types=(TransformerLayer,))
-    loop = LoopConfig(max_steps=total, precision=ft.precision, grad_accum=ft.grad_accum, clip_norm=ft.clip_norm,
-                      log_every=ft.log_every or steps_per_epoch, eval_every=steps_per_epoch,
-                      save_every=ft.save_every or steps_per_epoch, keep_last=ft.keep_last, seed=ft.seed,
-                      parallel=ft.parallel, select=("f1", "max"), patience=ft.patience if dev_data is not None else 0,
-                      eval_at_start=False, eval_split="dev", name="qa", epoch_steps=steps_per_epoch)
+    loop = epoch_loop(ft, total, steps_per_epoch, "qa", "f1", has_dev=dev_data is not None)
     log(f"[qa] {precision_note}")
     log(f"[qa] windows={len(train_data.inputs)} steps={total} ({steps_per_epoch}/epoch) device={device} lr={ft.lr} "
         f"head_lr={ft.head_lr} max_len={spec.max_len} stride={spec.stride}"
