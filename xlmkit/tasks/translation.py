@@ -202,8 +202,8 @@ class TranslationSampler:
     def __init__(self, data, steps: dict[str, list], mt: TranslateConfig, batch_size: int, lang_alpha: float,
                  framing: Framing, model: nn.Module, seed: int, rank: int = 0, world_size: int = 1,
                  precision: str = "fp32") -> None:
-        from xlmkit.train.batches import _Cursor
-        from xlmkit.train.objectives import language_probs
+        from xlmkit.train.batches import Cursor
+        from xlmkit.data.sampling import language_probs
 
         self.data, self.steps, self.mt, self.batch_size = data, steps, mt, batch_size
         self.framing, self.model, self.seed = framing, model, seed
@@ -211,7 +211,7 @@ class TranslationSampler:
         self.noise = NoiseConfig(mt.word_shuffle, mt.word_dropout, mt.word_blank)
         self.step = 0
         self._sources: dict[str, object] = {}
-        self._cursors: dict[str, _Cursor] = {}
+        self._cursors: dict[str, Cursor] = {}
         self._probs: dict[str, np.ndarray] = {}
         for objective, entries in steps.items():
             counts = {}
@@ -219,7 +219,7 @@ class TranslationSampler:
                 key = self._key(objective, e)
                 n = self._n_items(objective, e)
                 counts[key] = n
-                self._cursors[key] = _Cursor(key, n, seed)
+                self._cursors[key] = Cursor(key, n, seed)
             probs = language_probs(counts, lang_alpha)
             self._probs[objective] = np.array([probs[self._key(objective, e)] for e in entries])
 

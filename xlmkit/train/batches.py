@@ -345,7 +345,7 @@ def _seed_entropy(seed: int) -> int:
     return int(seed) % (1 << 64)  # SeedSequence wants a non-negative int
 
 
-class _Cursor:
+class Cursor:
     """Walks 0..n_items-1 in a seeded random order, a new order every epoch. State: (epoch, pos).
     The order of epoch e is a pure function of (seed, task key, e), so only (epoch, pos) is saved."""
 
@@ -405,7 +405,7 @@ class PretrainSampler:
         self.task_probs: dict[str, dict[str, float]] = {
             k: language_probs({t.name: t.n_sentences for t in ts}, cfg.lang_alpha) for k, ts in self.tasks.items()}
         self._probs = {k: np.array([self.task_probs[k][t.name] for t in ts]) for k, ts in self.tasks.items()}
-        self._cursors = {t.key: _Cursor(t.key, t.n_items, self.seed) for ts in self.tasks.values() for t in ts}
+        self._cursors = {t.key: Cursor(t.key, t.n_items, self.seed) for ts in self.tasks.values() for t in ts}
 
         # Memory-mapped train shards, opened once.
         self._streams = {t.lang: data.mono(t.lang, "train").ids
