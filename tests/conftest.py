@@ -6,6 +6,7 @@ missing. Everything else builds tiny data itself.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
+
+# Tests mirror the package's folders, and some share helpers across them (tests/train/test_continue.py
+# writes transformers checkpoints with tests/interop/test_hf.py's helpers): every test folder is
+# importable by module name, whatever order pytest collects them in.
+for _folder in sorted(p for p in Path(__file__).parent.iterdir() if p.is_dir() and p.name.isidentifier() and not p.name.startswith("_")):
+    if str(_folder) not in sys.path:
+        sys.path.append(str(_folder))
 
 
 @pytest.fixture(scope="session")
