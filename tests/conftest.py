@@ -18,8 +18,9 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 # Tests mirror the package's folders, and some share helpers across them (tests/train/test_continue.py
 # writes transformers checkpoints with tests/interop/test_hf.py's helpers): every test folder is
 # importable by module name, whatever order pytest collects them in.
-for _folder in sorted(p for p in Path(__file__).parent.iterdir() if p.is_dir() and p.name.isidentifier() and not p.name.startswith("_")):
-    if str(_folder) not in sys.path:
+for _folder in sorted(Path(__file__).parent.iterdir()):
+    if _folder.is_dir() and _folder.name.isidentifier() and not _folder.name.startswith("_") \
+            and str(_folder) not in sys.path:
         sys.path.append(str(_folder))
 
 
