@@ -258,3 +258,18 @@ def test_real_data_full(shared_data, tmp_path):
     cfg = tiny(character_coverage=1.0)
     out = prepare_data(cfg, tmp_path / "real", data_dir=shared_data, progress=False)
     _check_real(out, shared_data, cfg, 5000)
+
+
+def test_an_output_of_an_earlier_pipeline_version_is_rebuilt(synthetic_corpus, tmp_path, monkeypatch, capsys):
+    """The same inputs and settings under another pipeline version (a change in how shards are derived)
+    are not taken as up to date."""
+    import xlmkit.data.prepare as P
+
+    cfg = tiny(vocab_size=SYNTHETIC_VOCAB, workers=1)
+    out = prepare_data(cfg, tmp_path / "d", data_dir=synthetic_corpus, progress=False)
+    monkeypatch.setattr(P, "PIPELINE_VERSION", P.PIPELINE_VERSION - 1)  # what an older xlmkit stamped
+    stamp_old = json.loads((out / "manifest.json").read_text())["stamp"]
+    capsys.readouterr()
+    prepare_data(cfg, out, data_dir=synthetic_corpus, progress=True)
+    assert "up to date" not in capsys.readouterr().err
+    assert json.loads((out / "manifest.json").read_text())["stamp"] != stamp_old

@@ -52,6 +52,11 @@ from xlmkit.core.langs import canonical_lang, canonical_pair, check_lang
 from xlmkit.data.text import (HashSet64, clean_line, clean_lines, count_lines, decode_lines, file_sha256,
                          line_hashes)
 
+# How the output is derived from the inputs: bumped whenever the same inputs and settings give
+# different shards or tokenizer, so that an output of an earlier version is rebuilt, not taken as up
+# to date (2: the tokenizer sample is drawn over the raw lines, cleaning fused into encoding).
+PIPELINE_VERSION = 2
+
 # Settings that change how fast the output is made, not what it contains (left out of the stamp).
 _NON_OUTPUT_SETTINGS = ("workers", "chunk_lines")
 
@@ -829,10 +834,10 @@ def reuse_tokenizer(path: str | Path, languages: list[str]) -> ReusedTokenizer:
 
 
 def input_stamp(sources: list[Source], cfg: PrepareConfig) -> tuple[str, dict[Path, str]]:
-    """sha256 of (format, output-relevant settings, input file hashes); and the file hashes."""
+    """sha256 of (format, pipeline version, output-relevant settings, input file hashes); and the file hashes."""
     hashes = {p: file_sha256_cached(p) for s in sources for p in s.files}
     settings = {k: v for k, v in config_to_dict(cfg).items() if k not in _NON_OUTPUT_SETTINGS}
-    key = {"format": FORMAT, "version": FORMAT_VERSION, "settings": settings,
+    key = {"format": FORMAT, "version": FORMAT_VERSION, "pipeline": PIPELINE_VERSION, "settings": settings,
            "inputs": [[s.kind, s.name, [hashes[p] for p in s.files]] for s in sources]}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest(), hashes
 
