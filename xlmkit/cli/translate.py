@@ -69,14 +69,13 @@ def _read_input(path: str) -> tuple[list[str], str]:
 def _translate(args, lines: list[str], where: str):
     from tqdm.auto import tqdm
 
-    from xlmkit.tasks.translation import check_direction, load_translator, translate
+    from xlmkit.tasks.translation import load_translator, translate
 
     if args.beam < 1 or args.batch_size < 1:
         from xlmkit.core.errors import XlmkitError
 
         raise XlmkitError("--beam and --batch-size must be >= 1")
     tr = load_translator(args.model, args.which, args.device, args.precision)
-    check_direction(tr, args.src_lang, args.tgt_lang)
     with tqdm(total=sum(1 for x in lines if x.strip()), desc=f"translate {args.src_lang}-{args.tgt_lang}", unit="sent",
               file=sys.stderr, disable=len(lines) < 2) as bar:
         out = translate(tr, lines, args.src_lang, args.tgt_lang, args.beam, args.batch_size, args.length_penalty, bar.update)

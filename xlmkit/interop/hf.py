@@ -373,9 +373,10 @@ def export_translation_run(run_dir: str | Path, out_dir: Path, which: str = "bes
     problems = export_problems(tr.model.cfg)
     if problems:
         raise XlmkitError(f"{run_dir}: cannot export this translation model to transformers: " + "; ".join(problems))
-    contract = RunContract.from_vocab(read_state(tr.path).get("vocab"), tr.tokenizer)
+    state = read_state(tr.path)
+    contract = RunContract.from_vocab(state.get("vocab"), tr.tokenizer)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tok_path = (tr.path / read_state(tr.path).get("tokenizer", "../../tokenizer.json")).resolve()
+    tok_path = (tr.path / state.get("tokenizer", "../../tokenizer.json")).resolve()
     export_tokenizer(tok_path, out_dir, _specials(contract), contract.wrap(), tr.model.cfg.max_positions)
     return export_encoder_decoder(tr.model, contract, out_dir)
 

@@ -65,7 +65,7 @@ from xlmkit.core.integrity import open_tokenizer
 from xlmkit.core.errors import DataError, XlmkitError
 from xlmkit.data.contract import RunContract, pad_batch
 from xlmkit.train.engine import OptimConfig, row_bounds
-from xlmkit.train.engine import build_optimizer as engine_build_optimizer, lr_factor as engine_lr_factor
+from xlmkit.train.engine import build_optimizer as engine_build_optimizer
 from xlmkit.tasks.io import TASKS, Example, check_labels, group_by_lang, label_list, read_task_files
 
 IGNORE = -100
@@ -339,11 +339,6 @@ def optim_config(ft: FinetuneConfig, total: int) -> OptimConfig:
 
 def build_optimizer(model: TaskModel, ft: FinetuneConfig, device: torch.device, total: int = 1) -> torch.optim.AdamW:
     return engine_build_optimizer(param_groups(model, ft), optim_config(ft, total), device)
-
-
-def lr_factor(step: int, total: int, warmup: int) -> float:
-    """The engine's linear schedule: warmup over `warmup` steps, then linear decay to 0 at `total`."""
-    return engine_lr_factor(step, OptimConfig(lr=1.0, warmup_steps=warmup, schedule="linear", max_steps=total))
 
 
 # ----------------------------------------------------------------------------------------------

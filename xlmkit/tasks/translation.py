@@ -70,6 +70,11 @@ class Direction:
         return f"{self.src}-{self.tgt}"
 
 
+def oriented(sides: tuple, d: Direction) -> tuple:
+    """The (source, target) shards of a data pair's two sides for direction `d` (fr-en reads en-fr turned round)."""
+    return sides if d.pair.split("-")[0] == d.src else (sides[1], sides[0])
+
+
 def _direction(entry: str, pairs: Sequence[str], what: str, need_pair: bool = True) -> Direction:
     parts = entry.split("-")
     if len(parts) != 2 or not all(parts) or parts[0] == parts[1]:
@@ -241,8 +246,7 @@ class TranslationSampler:
     def _para(self, d: Direction):
         if d.pair not in self._sources:
             self._sources[d.pair] = self.data.para(d.pair, "train")
-        side1, side2 = self._sources[d.pair]
-        return (side1, side2) if d.pair.split("-")[0] == d.src else (side2, side1)
+        return oriented(self._sources[d.pair], d)
 
     def _rows(self, n: int) -> tuple[int, int]:
         from xlmkit.train.engine import row_bounds
@@ -376,8 +380,7 @@ def evaluate_directions(model, data, directions: Sequence[Direction], framing: F
             n = min(data.count("para", d.pair, split), mt.eval_sentences or 200)
             if n == 0:
                 continue
-            side1, side2 = data.para(d.pair, split)
-            src_side, tgt_side = (side1, side2) if d.pair.split("-")[0] == d.src else (side2, side1)
+            src_side, tgt_side = oriented(data.para(d.pair, split), d)
             src = [framing.frame(src_side.sentence(i)) for i in range(n)]
             tgt = [framing.frame(tgt_side.sentence(i)) for i in range(n)]
             loss, count = 0.0, 0

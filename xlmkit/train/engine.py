@@ -304,8 +304,7 @@ def train(job: TrainJob, loop: LoopConfig, optim: OptimConfig, out_dir: str | Pa
     best = broadcast_object(best_metric(out, key) if writes and dist.is_main else None, dist)
     best_record: dict = {"step": step, key: best} if best is not None else {}
     best_in_memory: dict[str, Tensor] | None = None
-    logger = MetricsLogger(out, enabled=writes and dist.is_main, purge_step=step + 1 if resume_from else None) \
-        if writes else MetricsLogger(".", enabled=False)
+    logger = MetricsLogger(out or ".", enabled=writes and dist.is_main, purge_step=step + 1 if resume_from else None)
     profiler = start_profiler(out, device) if loop.profile and writes and dist.is_main else None
     history: list[dict] = []
 

@@ -31,7 +31,8 @@ from xlmkit.core.errors import XlmkitError
 from xlmkit.data.contract import VOCAB_FILE, RunContract
 from xlmkit.model.ops import output_loss_sum
 from xlmkit.train.engine import LoopConfig, OptimConfig, TrainJob, open_run_dir, row_bounds
-from xlmkit.train.engine import build_optimizer as engine_build_optimizer, lr_factor as engine_lr_factor
+from xlmkit.train.engine import build_optimizer as engine_build_optimizer, build_scheduler as engine_build_scheduler
+from xlmkit.train.engine import lr_factor as engine_lr_factor
 
 
 # ----------------------------------------------------------------------------------------------
@@ -115,7 +116,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) ->
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))
+    return engine_build_scheduler(optimizer, optim_config(cfg))
 
 
 class PretrainingLoss(nn.Module):
