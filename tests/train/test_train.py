@@ -107,6 +107,23 @@ def test_best_checkpoint_tracks_lowest_mean_validation_perplexity(tiny_run):
     assert loaded.path.name == "best" and loaded.config.model.vocab_size > 0
 
 
+def test_mlm_only_run_chooses_best_on_the_languages_alone(prepared, tmp_path):
+    """Without TLM steps the pairs' perplexity is still measured, but best/ is chosen on the mean over
+    the languages: an MLM-only run's TLM perplexity may rise while its MLM perplexity falls."""
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    assert manifest["pairs"]
+    run = tmp_path / "mlm"
+    pretrain(config("train.max_steps=10", "train.eval_every=5", "train.eval_batches=2", "train.tlm_steps=none"),
+             prepared, run)
+    valid = read_metrics(run, "valid")
+    for r in valid:
+        assert all(r[f"ppl/{p}"] > 1.0 for p in manifest["pairs"])
+        mono = [r[f"ppl/{lang}"] for lang in sorted(manifest["mono"])]
+        assert r["mean_ppl"] == pytest.approx(sum(mono) / len(mono))
+    best = min((r for r in valid if r["step"] > 0), key=lambda r: r["mean_ppl"])
+    assert read_state(run / CHECKPOINTS / "best")["step"] == best["step"]
+
+
 # ----------------------------------------------------------------------------------------------
 # Resume
 

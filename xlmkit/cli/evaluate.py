@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--per-class", action="store_true", help="also report per-class precision / recall / F1")
     parser.add_argument("--unknown-labels", default="error", choices=("error", "ignore"),
                         help="a test label unseen in training: error (default) or leave it out of the scores")
+    parser.add_argument("--center", action="store_true",
+                        help="move each test language's features to the training language's mean before the "
+                             "head (per-language mean centering, Libovicky et al. 2020; test inputs, no labels)")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the train / dev / test id split")
 
 
@@ -44,5 +47,6 @@ def run(args: argparse.Namespace) -> int:
              overrides=args.overrides, pooling=args.pooling, unknown_lang_id=args.unknown_lang_id,
              train_fraction=args.train_fraction, dev_fraction=args.dev_fraction, test_all=args.test_all,
              train_split=args.train_split, test_split=args.test_split, per_class=args.per_class,
-             unknown_labels=args.unknown_labels, split_seed=args.split_seed)
+             unknown_labels=args.unknown_labels, split_seed=args.split_seed,
+             center=args.center)
     return 0

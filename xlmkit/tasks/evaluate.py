@@ -39,6 +39,15 @@ majority-class baseline: always predicting the most frequent TRAINING label (a t
 use the test labels). "avg" is the unweighted mean over the zero-shot languages (all but the training
 language, whose in-language score is shown for reference). Written to OUT/results.json and
 OUT/results.md; the fine-tuned model is kept in OUT/model.
+
+Centering (--center): every language's representations sit around a language-specific mean, and a
+head trained on one language reads another's offset as evidence for some class; a briefly pretrained
+encoder often sends a whole test language to one label that way. Libovický, Rosa & Fraser (2020, "On
+the Language Neutrality of Pre-trained Multilingual Representations") remove it by subtracting each
+language's mean vector. Here, before the head, each test language's features (the pooled vector; token
+task: every token's state) are moved by (training-language mean - this language's mean), the means
+taken over the test inputs of each language, labels unused (transductive, like any test-time
+normalisation). The training language is left as it is.
 """
 
 from __future__ import annotations
@@ -228,10 +237,11 @@ def write_results(out: Path, results: dict, markdown: str) -> None:
 
 
 def evaluate_language(ft_model, encoder, examples: list[Example], labels: Sequence[str], majority: str,
-                      ft, device, per_class: bool, unknown: str) -> dict[str, Any]:
-    """Scores of the model and of the majority baseline on one language's examples."""
+                      ft, device, per_class: bool, unknown: str, reference=None) -> dict[str, Any]:
+    """Scores of the model and of the majority baseline on one language's examples. `reference`: the
+    training language's mean features, to center this language on (the module doc); None = no centering."""
     from xlmkit.tasks import scores as M
-    from xlmkit.tasks.finetune import predict, score
+    from xlmkit.tasks.finetune import mean_features, predict, score
 
     notes = []
     langs = sorted({ex.lang for ex in examples})
@@ -251,7 +261,11 @@ def evaluate_language(ft_model, encoder, examples: list[Example], labels: Sequen
             if not examples:
                 raise DataError("no test example left after leaving out unknown labels")
     data, stats = encoder.encode(examples, allow_unknown=unknown == "ignore")
-    preds = predict(ft_model, data, encoder.pad_id, max(ft.batch_size, 64), device, ft.precision)
+    batch_size = max(ft.batch_size, 64)
+    shift = None
+    if reference is not None:
+        shift = mean_features(ft_model, data, encoder.pad_id, batch_size, device, ft.precision) - reference
+    preds = predict(ft_model, data, encoder.pad_id, batch_size, device, ft.precision, shift=shift)
     row = score(examples, preds, labels, per_class=per_class)
     # majority baseline: the most frequent training label everywhere
     if encoder.spec.task == "token":
@@ -282,12 +296,14 @@ def evaluate(model: str | Path, data: str | Path | Sequence[str | Path], out: st
              config: str | Path | None = None, overrides: Sequence[str] = (), pooling: str = "mean",
              unknown_lang_id: str | None = None, train_fraction: float = 0.8, dev_fraction: float = 0.1,
              test_all: bool = False, train_split: str = "train", test_split: str = "test",
-             per_class: bool = False, unknown_labels: str = "error", split_seed: int = 0) -> dict[str, Any]:
+             per_class: bool = False, unknown_labels: str = "error", split_seed: int = 0,
+             center: bool = False) -> dict[str, Any]:
     """`xlmkit evaluate`: zero-shot cross-lingual transfer (the module doc). Fine-tune the pretrained run
     `model` on `train_lang` (default finetune.train_lang) of `data` (a directory or task files) and test
     every language (or `langs`); a fine-tuned run is only tested. Writes OUT/results.json, OUT/results.md
     and OUT/model; returns the results.json object. `config` / `overrides` / `pooling` /
-    `unknown_lang_id` as xlmkit.tasks.finetune.finetune_run; `unknown_labels`: "error" or "ignore"."""
+    `unknown_lang_id` as xlmkit.tasks.finetune.finetune_run; `unknown_labels`: "error" or "ignore";
+    `center`: per-language mean centering (the module doc)."""
     from xlmkit.tasks.finetune import finetune, is_finetuned_dir, load_finetuned, load_pretrained
     from xlmkit.core.runtime import choose_precision, pick_device
 
@@ -356,9 +372,22 @@ def evaluate(model: str | Path, data: str | Path | Sequence[str | Path], out: st
         majority = majority_label(labels)  # no training data at hand: a placeholder baseline
     rows: dict[str, dict] = {}
     t_test = time.time()
+    reference, center_lang = None, None
+    if center:
+        center_lang = train_lang or canonical_lang(ft.train_lang)
+        if center_lang not in test:
+            raise DataError(f"--center moves every language to the mean of {center_lang!r}, which has no test "
+                            f"data here; languages tested: {', '.join(sorted(test)) or 'none'}")
+        from xlmkit.tasks.finetune import mean_features
+
+        ref = test[center_lang]
+        if spec.task != "token":  # its examples with labels unseen in training are left out, as when scored
+            ref = [ex for ex in ref if ex.label in set(labels)]
+        ref_data, _ = encoder.encode(ref, allow_unknown=True)
+        reference = mean_features(task_model, ref_data, encoder.pad_id, max(ft.batch_size, 64), device, ft.precision)
     for lang, exs in sorted(test.items(), key=lambda kv: (kv[0] != train_lang, kv[0])):
         rows[lang] = evaluate_language(task_model, encoder, exs, labels, majority, ft, device, per_class,
-                                       unknown_labels)
+                                       unknown_labels, reference if lang != center_lang else None)
     zero_shot = [lang for lang in rows if lang != train_lang]
     avg = average_rows(rows, zero_shot)
     spans = any("span_f1" in r for r in rows.values())
@@ -368,6 +397,8 @@ def evaluate(model: str | Path, data: str | Path | Sequence[str | Path], out: st
     title = (f"# Zero-shot {spec.task} transfer from {train_lang}" if train_lang else f"# {spec.task} evaluation")
     md = [title, "", f"- model: `{model}`", f"- data: `{data}`", f"- protocol: {protocol}",
           f"- labels ({len(labels)}): {', '.join(labels)}", f"- majority baseline: always `{majority}`",
+          *([f"- centering: every language moved to the mean features of {center_lang} (--center)"]
+            if center else []),
           "- numbers are percentages; avg = mean over the zero-shot languages (train language excluded)", "",
           table]
     notes = []
@@ -385,7 +416,7 @@ def evaluate(model: str | Path, data: str | Path | Sequence[str | Path], out: st
     markdown = "\n".join(md)
     results = {"task": spec.task, "model": str(model), "data": str(data), "train_lang": train_lang,
                "protocol": protocol, "labels": labels, "majority_label": majority, "pooling": spec.pooling,
-               "max_len": spec.max_len, "languages": rows, "average_zero_shot": avg, "finetune": ft_info,
+               "centering": center_lang, "max_len": spec.max_len, "languages": rows, "average_zero_shot": avg, "finetune": ft_info,
                "seconds": {"total": round(time.time() - t0, 1), "test": round(time.time() - t_test, 1)}}
     write_results(out, results, markdown)
     print(table)

@@ -294,16 +294,18 @@ class TaskModel(nn.Module):
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, input_ids: Tensor, langs: Tensor | None, positions: Tensor, attention_mask: Tensor) -> Tensor:
+    def features(self, input_ids: Tensor, langs: Tensor | None, positions: Tensor, attention_mask: Tensor) -> Tensor:
+        """What the head reads: the pooled (B, D) vector, or (token task) the (B, T, D) hidden states."""
         h = self.encoder(input_ids, langs=langs, positions=positions, attention_mask=attention_mask)  # (B, T, D)
         if self.task == "token":
-            return self.head(self.dropout(h))  # (B, T, K)
+            return h
         if self.pooling == "first":
-            pooled = h[:, 0]  # (B, D)
-        else:
-            m = attention_mask[:, :, None].to(h.dtype)  # (B, T, 1)
-            pooled = (h * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, D)
-        return self.head(self.dropout(pooled))  # (B, K)
+            return h[:, 0]  # (B, D)
+        m = attention_mask[:, :, None].to(h.dtype)  # (B, T, 1)
+        return (h * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, D)
+
+    def forward(self, input_ids: Tensor, langs: Tensor | None, positions: Tensor, attention_mask: Tensor) -> Tensor:
+        return self.head(self.dropout(self.features(input_ids, langs, positions, attention_mask)))  # (B, K) | (B, T, K)
 
 
 def freeze_layers(encoder: nn.Module, k: int) -> None:
@@ -504,12 +506,34 @@ def forward_by_length(model: nn.Module, call: Callable, data: Sequence[Encoded],
         model.train(was_training)
 
 
+def mean_features(model: TaskModel, data: Sequence[Encoded], pad_id: int, batch_size: int, device: torch.device,
+                  precision: str = "auto") -> Tensor:
+    """The (D,) float32 mean of what the head reads over `data`: of the pooled vectors, or (token task)
+    of the hidden states of every real token."""
+    total, count = None, 0
+
+    def call(**inputs):
+        f = model.features(**inputs).float()
+        if model.task == "token":
+            m = inputs["attention_mask"][:, :, None].float()  # (B, T, 1)
+            return (f * m).sum((0, 1)), int(m.sum())
+        return f.sum(0), f.shape[0]
+
+    for _, (s, n) in forward_by_length(model, call, data, pad_id, batch_size, device, precision):
+        total, count = (s if total is None else total + s), count + n
+    if total is None:
+        raise ValueError("mean_features of no data")
+    return total / max(count, 1)
+
+
 def predict(model: TaskModel, data: Sequence[Encoded], pad_id: int, batch_size: int, device: torch.device,
-            precision: str = "auto") -> list:
+            precision: str = "auto", shift: Tensor | None = None) -> list:
     """Predicted label indices: one int per example, or (token task) one array per example holding a
-    prediction for each kept word. Batches are formed by length, results returned in input order."""
+    prediction for each kept word. Batches are formed by length, results returned in input order.
+    `shift` (D,) is subtracted from the features before the head (xlmkit.tasks.evaluate's centering)."""
     out: list = [None] * len(data)
-    for idx, logits in forward_by_length(model, model, data, pad_id, batch_size, device, precision):
+    call = model if shift is None else (lambda **a: model.head(model.features(**a).float() - shift.to(a["input_ids"].device)))
+    for idx, logits in forward_by_length(model, call, data, pad_id, batch_size, device, precision):
         pred = logits.float().argmax(-1).cpu().numpy()
         for row, i in enumerate(idx):
             out[i] = pred[row, data[i].word_positions] if model.task == "token" else int(pred[row])

@@ -253,7 +253,7 @@ class _Task:
         return f"{self.objective}:{self.name}"
 
 
-def _steps_entries(cfg: TrainConfig, objective: str) -> tuple[str, ...] | None:
+def steps_entries(cfg: TrainConfig, objective: str) -> tuple[str, ...] | None:
     """Entries of train.{objective}_steps; None when the objective is disabled with ("none",)."""
     field = f"{objective}_steps"
     entries = tuple(e.strip() for e in getattr(cfg, field))
@@ -267,7 +267,7 @@ def _steps_entries(cfg: TrainConfig, objective: str) -> tuple[str, ...] | None:
 
 def _resolve_stream_tasks(data: PreparedData, cfg: TrainConfig, objective: str) -> list[_Task]:
     field = f"train.{objective}_steps"
-    entries = _steps_entries(cfg, objective)
+    entries = steps_entries(cfg, objective)
     if entries is None:
         return []
     have = data.mono_languages
@@ -300,7 +300,7 @@ def _resolve_stream_tasks(data: PreparedData, cfg: TrainConfig, objective: str) 
 
 
 def _resolve_pair_tasks(data: PreparedData, cfg: TrainConfig) -> list[_Task]:
-    entries = _steps_entries(cfg, "tlm")
+    entries = steps_entries(cfg, "tlm")
     if entries is None:
         return []
     if not entries:  # every pair of the data

@@ -33,6 +33,7 @@ from xlmkit.model.ops import output_loss_sum
 from xlmkit.train.engine import LoopConfig, OptimConfig, TrainJob, open_run_dir, row_bounds
 from xlmkit.train.engine import build_optimizer as engine_build_optimizer, build_scheduler as engine_build_scheduler
 from xlmkit.train.engine import lr_factor as engine_lr_factor
+from xlmkit.train.batches import steps_entries
 
 
 # ----------------------------------------------------------------------------------------------
@@ -147,14 +148,20 @@ class PretrainingLoss(nn.Module):
 def evaluate(loss_model: nn.Module, eval_sets: dict[str, list], cfg: TrainConfig, device: torch.device,
              dist) -> dict[str, float]:
     """Validation perplexity and accuracy of the masked tokens, per language (MLM) and pair (TLM), and
-    their mean over every language and pair (`mean_ppl`, what best/ is chosen by). Each rank takes its
-    share of the rows."""
+    their mean (`mean_ppl`, what best/ is chosen by) over the sets of the objectives this run trains:
+    without TLM steps the pairs are still measured but left out of the mean, since an MLM-only run's TLM
+    perplexity rises while its MLM perplexity falls, and best/ would stay at the start. Each rank takes
+    its share of the rows."""
     from xlmkit.train.metrics import perplexity
     from xlmkit.core.runtime import all_reduce_sum, autocast
 
     was_training = loss_model.training
     loss_model.eval()
     out: dict[str, float] = {}
+    trained = {obj for obj in ("mlm", "tlm", "clm") if steps_entries(cfg, obj) is not None}
+    if "clm" in trained:  # the mono sets are scored with MLM; a CLM run learns those languages too
+        trained.add("mlm")
+    in_mean = [name for name, batches in eval_sets.items() if batches and batches[0].objective in trained]
     for name, batches in eval_sets.items():
         totals = torch.zeros(3, dtype=torch.float64)  # loss sum, predicted tokens, correct
         for batch in batches:
@@ -169,7 +176,7 @@ def evaluate(loss_model: nn.Module, eval_sets: dict[str, list], cfg: TrainConfig
         if n > 0:
             out[f"ppl/{name}"] = perplexity(loss / n)
             out[f"acc/{name}"] = correct / n
-    ppls = [v for k, v in out.items() if k.startswith("ppl/")]
+    ppls = [out[f"ppl/{name}"] for name in (in_mean or eval_sets) if f"ppl/{name}" in out]
     if ppls:
         out["mean_ppl"] = sum(ppls) / len(ppls)
     loss_model.train(was_training)
