@@ -382,7 +382,8 @@ def evaluate(model: str | Path, data: str | Path | Sequence[str | Path], out: st
 
         ref = test[center_lang]
         if spec.task != "token":  # its examples with labels unseen in training are left out, as when scored
-            ref = [ex for ex in ref if ex.label in set(labels)]
+            known = set(labels)
+            ref = [ex for ex in ref if ex.label in known]
         ref_data, _ = encoder.encode(ref, allow_unknown=True)
         reference = mean_features(task_model, ref_data, encoder.pad_id, max(ft.batch_size, 64), device, ft.precision)
     for lang, exs in sorted(test.items(), key=lambda kv: (kv[0] != train_lang, kv[0])):
@@ -416,7 +417,8 @@ def evaluate(model: str | Path, data: str | Path | Sequence[str | Path], out: st
     markdown = "\n".join(md)
     results = {"task": spec.task, "model": str(model), "data": str(data), "train_lang": train_lang,
                "protocol": protocol, "labels": labels, "majority_label": majority, "pooling": spec.pooling,
-               "centering": center_lang, "max_len": spec.max_len, "languages": rows, "average_zero_shot": avg, "finetune": ft_info,
+               "centering": center_lang, "max_len": spec.max_len, "languages": rows, "average_zero_shot": avg,
+               "finetune": ft_info,
                "seconds": {"total": round(time.time() - t0, 1), "test": round(time.time() - t_test, 1)}}
     write_results(out, results, markdown)
     print(table)
