@@ -4,9 +4,11 @@ the same text in the same run; peak memory at two input sizes 10x apart.
     python bench/prepare.py                      # default: ~4 MB and ~40 MB, unigram, vocab 8000, 2 workers
     python bench/prepare.py --sizes 10,100 --tokenizer bpe
 
-Inputs are built by cycling the real monolingual text in ../shared/data/mono (or the synthetic
-corpus when it is missing), with a copy number appended to each repeated line so that every line is
-distinct: dedup keeps them all and the work really grows 10x.
+Inputs are real sentences, every one different: by default all the distinct text of ../shared/data
+(10 languages and scripts, ~47 MB: Leipzig, mono-extra, every parallel side once), each language's
+share in proportion to what it has; `--text mono` takes the 5 Leipzig files alone (20 MB, so the
+40 MB input holds each sentence twice, with a copy number appended: distinct lines, seen words). The
+synthetic corpus stands in when ../shared/data is missing.
 
 For each size, each in its own subprocess, its peak RSS from the kernel's rusage for that child
 (os.wait4: the largest process of its tree, the parent or one encoding worker):
@@ -47,28 +49,59 @@ ROOT = Path(__file__).resolve().parents[1]
 MONO = ROOT.parent / "shared" / "data" / "mono"
 
 
-def build_inputs(out: Path, total_mb: float) -> dict[str, Path]:
-    """One file per language, ~total_mb MB in all, every line distinct."""
-    out.mkdir(parents=True, exist_ok=True)
-    if MONO.is_dir():
-        sources = {p.stem: p.read_text(encoding="utf-8").splitlines() for p in sorted(MONO.glob("*.txt"))}
-    else:
-        from xlmkit.data.synthetic import write_corpus
+# Every distinct text of ../shared/data by language (2-letter codes), each file once: the English sides
+# of Multi30K and of the UN corpus are the same text in every pair, so one of each.
+SHARED = ROOT.parent / "shared" / "data"
+REAL_TEXT = {
+    "en": ["mono/eng.txt", "parallel/multi30k.en-de.en", "parallel-extra/un.en-fr.en", "parallel-extra/wmt.en-ru.en",
+           "parallel-extra/wmt.en-zh.en", "parallel-extra/manythings.en-zh.en"],
+    "de": ["mono/deu.txt", "parallel/multi30k.en-de.de"],
+    "fr": ["mono/fra.txt", "parallel/multi30k.en-fr.fr", "parallel-extra/un.en-fr.fr"],
+    "it": ["mono/ita.txt"],
+    "nl": ["mono/nld.txt"],
+    "ru": ["mono-extra/rus.txt", "parallel-extra/un.en-ru.ru", "parallel-extra/wmt.en-ru.ru"],
+    "zh": ["mono-extra/zho.txt", "parallel-extra/un.en-zh.zh", "parallel-extra/wmt.en-zh.zh",
+           "parallel-extra/manythings.en-zh.zh"],
+    "ar": ["parallel-extra/un.en-ar.ar"],
+    "es": ["parallel-extra/un.en-es.es"],
+    "cs": ["parallel/multi30k.en-cs.cs"],
+}
 
-        syn = write_corpus(out / "synthetic", n_mono=20000, n_para=0, pairs=())
-        sources = {p.stem: p.read_text(encoding="utf-8").splitlines() for p in sorted(syn.glob("*.txt"))}
-    per_lang = total_mb * 1e6 / len(sources)
+
+def _sources(text: str, out: Path) -> dict[str, list[str]]:
+    """Lines by language: all distinct real text (text="all"), the 5 Leipzig files (text="mono"), or
+    the synthetic corpus when ../shared/data is missing."""
+    if text == "all" and all((SHARED / f).is_file() for fs in REAL_TEXT.values() for f in fs):
+        return {lang: [x for f in files for x in (SHARED / f).read_text(encoding="utf-8").splitlines()]
+                for lang, files in REAL_TEXT.items()}
+    if MONO.is_dir():
+        return {p.stem: p.read_text(encoding="utf-8").splitlines() for p in sorted(MONO.glob("*.txt"))}
+    from xlmkit.data.synthetic import write_corpus
+
+    syn = write_corpus(out / "synthetic", n_mono=20000, n_para=0, pairs=())
+    return {p.stem: p.read_text(encoding="utf-8").splitlines() for p in sorted(syn.glob("*.txt"))}
+
+
+def build_inputs(out: Path, total_mb: float, text: str = "all") -> dict[str, Path]:
+    """One file per language, ~total_mb MB in all, each language's share in proportion to the text it
+    has. Up to the size of the real text (~47 MB with text="all", 20 MB with "mono") every line is
+    a different real sentence; past it the text is cycled, with a copy number appended to each
+    repeated line so that dedup keeps them all (but its words are then words seen before)."""
+    out.mkdir(parents=True, exist_ok=True)
+    sources = _sources(text, out)
+    sizes = {lang: sum(len(x.encode("utf-8")) + 1 for x in lines) for lang, lines in sources.items()}
+    scale = total_mb * 1e6 / sum(sizes.values())
     files = {}
     for lang, lines in sources.items():
-        path = out / f"{lang}.txt"
+        path, budget = out / f"{lang}.txt", sizes[lang] * scale
         written, copy = 0, 0
         with open(path, "w", encoding="utf-8") as f:
-            while written < per_lang:
+            while written < budget:
                 for line in lines:
-                    text = f"{line} {copy}\n" if copy else f"{line}\n"
-                    f.write(text)
-                    written += len(text.encode("utf-8"))
-                    if written >= per_lang:
+                    line = f"{line} {copy}\n" if copy else f"{line}\n"
+                    f.write(line)
+                    written += len(line.encode("utf-8"))
+                    if written >= budget:
                         break
                 copy += 1
         files[lang] = path
@@ -126,10 +159,13 @@ def main() -> int:
     p.add_argument("--keep", action="store_true", help="keep the generated inputs and outputs")
     p.add_argument("--no-tokenizers", action="store_true",
                    help="leave out the `tokenizers` peer (minutes at 40 MB on 2 cores; the rest is unchanged)")
-    p.add_argument("--build", nargs=2, metavar=("DIR", "MB"), help=argparse.SUPPRESS)
+    p.add_argument("--text", default="all", choices=["all", "mono"],
+                   help="all: every distinct text of ../shared/data, 10 languages (default); mono: the 5 Leipzig "
+                        "files (20 MB, so the 40 MB input repeats every sentence once)")
+    p.add_argument("--build", nargs=3, metavar=("DIR", "MB", "TEXT"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.build:  # in a child process: a parent holding the text would pass its RSS on to every child
-        print(json.dumps({k: str(v) for k, v in build_inputs(Path(args.build[0]), float(args.build[1])).items()}))
+        print(json.dumps({k: str(v) for k, v in build_inputs(Path(args.build[0]), float(args.build[1]), args.build[2]).items()}))
         return 0
     sizes = [float(s) for s in args.sizes.split(",")]
     peers = ["sentencepiece", "tokenizers"] if args.tokenizer == "unigram" else ["tokenizers"]
@@ -141,12 +177,12 @@ def main() -> int:
                          capture_output=True, text=True).stdout.strip() or "?"
     print(f"xlmkit prepare benchmark: tokenizer {args.tokenizer}, vocab {args.vocab}, workers {args.workers}, "
           f"chunk_lines {args.chunk_lines}, tokenizer sample {args.sample}, {os.cpu_count()} CPUs ({cap}); "
-          f"text from {MONO if MONO.is_dir() else 'xlmkit.data.synthetic'}")
+          f"text: {args.text} ({SHARED if SHARED.is_dir() else 'xlmkit.data.synthetic'})")
     tmp = Path(tempfile.mkdtemp(prefix="xlmkit-bench-prepare-"))
     rows = []
     try:
         for size in sizes:
-            built = subprocess.run([sys.executable, __file__, "--build", str(tmp / f"in{size:g}"), str(size)],
+            built = subprocess.run([sys.executable, __file__, "--build", str(tmp / f"in{size:g}"), str(size), args.text],
                                    capture_output=True, text=True, check=True, cwd=ROOT).stdout
             inputs = {k: Path(v) for k, v in json.loads(built).items()}
             nbytes = sum(f.stat().st_size for f in inputs.values())

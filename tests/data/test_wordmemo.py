@@ -1,0 +1,110 @@
+"""The word memo in front of SentencePiece (xlmkit.data.wordmemo): exactly the ids of the line path.
+
+The parity tests over every sentence of ../shared/data (test_prepare_engine.py) check it on real text;
+these build what real text seldom holds: forced resets, words and lines it must leave to the line
+path, a key clash.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer
+
+from xlmkit.data.tokenizer import METASPACE, FastEncoder, train_tokenizer
+from xlmkit.data.wordmemo import MAX_WORD_BYTES, WordMemo, word_keys
+
+EOS = 2
+
+
+@pytest.fixture(scope="module")
+def tok():
+    text = [f"word{i % 37} and more text {i} über café" for i in range(3000)]
+    return train_tokenizer(text, ["en"], "unigram", 400, byte_fallback=True)
+
+
+def reference(tok, lines: list[str]) -> tuple[list[int], list[int]]:
+    """What a user of the exported tokenizer.json gets, in the shards' form (eos after each line)."""
+    want = [e.ids + [EOS] for e in Tokenizer.from_str(tok.to_str()).encode_batch(lines, add_special_tokens=False)]
+    return [i for x in want for i in x], [len(x) for x in want]
+
+
+def encode_flat(fast: FastEncoder, lines: list[str]) -> tuple[list[int], list[int]]:
+    flat, lengths = fast.encode_flat(lines, EOS, "int32")
+    return flat.tolist(), lengths.tolist()
+
+
+def test_the_same_ids_through_resets(tok):
+    """A memo far too small for the text starts empty again and again; the ids do not change."""
+    lines = [f"word{i % 53} text{i % 701} and {i} more café{i % 11}" for i in range(4000)]
+    fast = FastEncoder(tok)
+    memo = fast.memo = WordMemo(fast.spm, max_words=300, max_ids=2000)
+    resets = []
+    memo._reset = lambda slots, reset=memo._reset: (resets.append(len(memo)), reset(slots))
+    for start in range(0, len(lines), 50):
+        chunk = lines[start:start + 50]
+        assert encode_flat(fast, chunk) == reference(tok, chunk)
+        assert len(memo) <= 300
+    assert len(resets) >= 10 and min(resets) > 100
+
+def test_lines_the_memo_cannot_take_go_to_the_line_path(tok):
+    long_word = "x" * (MAX_WORD_BYTES + 1)
+    lines = ["word1 and more", "", "two  spaces", " leading", "trailing ", f"a {long_word} b",
+             "a <mask> b", "x</s>y", "<0x41> literal", ("word2 and more " * 200).strip(), "ünknown ☃ chars", "word3"]
+    fast = FastEncoder(tok)
+    flat, lengths, bad = fast.memo.encode("\n".join(lines).encode(), len(lines), EOS)
+    assert bad.tolist() == [1, 2, 3, 4, 5]  # empty words, the over-long word; FastEncoder finds specials, long lines
+    assert encode_flat(fast, lines) == encode_flat(FastEncoder(tok, memo=False), lines)
+    clean = [x for x in lines if x == " ".join(x.split())]  # FastEncoder's input (tokenizers strips the others)
+    assert len(clean) == 9 and encode_flat(fast, clean) == reference(tok, clean)
+    # a line holding a line break: the memo refuses the chunk, the line path takes all of it
+    with pytest.raises(ValueError, match="3 lines expected, 4 found"):
+        fast.memo.encode("\n".join(["a", "b\nc", "d"]).encode(), 3, EOS)
+    assert encode_flat(fast, ["a", "b\nc", "d"]) == encode_flat(FastEncoder(tok, memo=False), ["a", "b\nc", "d"])
+
+
+def test_a_key_clash_is_left_to_the_line_path(tok):
+    """A word whose key matches an entry whose check differs is not given that entry's ids."""
+    fast = FastEncoder(tok)
+    lines = ["word1 and more", "more text", "and word2"]
+    assert encode_flat(fast, lines) == reference(tok, lines)
+    memo = fast.memo
+    data = b"and"
+    key, _ = word_keys(np.frombuffer(data, dtype=np.uint8), np.array([0]), np.array([3]))
+    slot, found = memo._lookup(key)
+    assert found[0]
+    memo.check[slot[0]] ^= np.uint64(1)  # as if another word had the same key
+    _, _, bad = memo.encode("\n".join(lines).encode(), len(lines), EOS)
+    assert bad.tolist() == [0, 2]
+    assert encode_flat(fast, lines) == reference(tok, lines)
+
+
+def test_word_keys_depend_on_the_word_alone():
+    """Same word anywhere (line start, after other bytes, at the end): same key; words of <= 16 bytes
+    that differ in any byte or in length: different (key, check, length)."""
+    words = ["a", "ab", "abcdefgh", "abcdefghi", "abcdefghijklmnop", "abcdefghijklmnopq",
+             "abcdefghijklmnopr", "abcdefghijklmnoq", "ünïcödé", "x" * 40, "x" * 41, "y" + "x" * 40]
+    text = " ".join(words) + "\n" + " ".join(reversed(words))
+    a = np.frombuffer(text.encode(), dtype=np.uint8)
+    seps = np.flatnonzero((a == 32) | (a == 10))
+    starts, ends = np.concatenate([[0], seps + 1]), np.concatenate([seps, [len(a)]])
+    key, check = word_keys(a, starts, ends)
+    n = len(words)
+    assert key[:n].tolist() == key[n:][::-1].tolist() and check[:n].tolist() == check[n:][::-1].tolist()
+    triples = {(k, c, e - s) for k, c, s, e in zip(key[:n].tolist(), check[:n].tolist(), starts[:n], ends[:n])}
+    assert len(triples) == n
+
+
+def test_no_memo_for_a_vocabulary_with_pieces_across_words(tok):
+    """A piece holding '▁' past its first character could span two words: word by word would not be
+    the line's Viterbi path, so that tokenizer is encoded line by line."""
+    data = json.loads(tok.to_str())
+    vocab = data["model"]["vocab"]
+    i = next(k for k, (p, _) in enumerate(vocab) if p.startswith(METASPACE) and len(p) > 2)
+    vocab[i][0] = "e" + vocab[i][0]
+    other = Tokenizer.from_str(json.dumps(data))
+    fast = FastEncoder(other)
+    assert fast.engine == "sentencepiece" and fast.memo is None
+    assert FastEncoder(tok).memo is not None
