@@ -51,13 +51,18 @@ def assert_parity(tok, lines: list[str]) -> None:
     want = [e.ids for e in reference.encode_batch(lines, add_special_tokens=False)]
     bad = [i for i, (a, b) in enumerate(zip(got, want)) if a != b]
     assert not bad, f"{len(bad)} of {len(lines)} lines differ, e.g. {lines[bad[0]]!r}"
-    # the shards' path: word by word through the memo, in chunks as the pipeline's workers see them
+    # the shards' path: word by word through the memo (the C table where it is built, and the numpy
+    # one), in chunks as the pipeline's workers see them
     assert fast.memo is not None
-    for start in range(0, len(lines), 5000):
-        chunk = lines[start:start + 5000]
-        flat, lengths = fast.encode_flat(chunk, 2, "int32")
-        assert lengths.tolist() == [len(x) + 1 for x in want[start:start + 5000]]
-        assert flat.tolist() == [i for x in want[start:start + 5000] for i in [*x, 2]]
+    from xlmkit.data.wordmemo import WordMemo
+
+    for memo in {type(fast.memo), WordMemo}:
+        fast.memo = memo(fast.spm)
+        for start in range(0, len(lines), 5000):
+            chunk = lines[start:start + 5000]
+            flat, lengths = fast.encode_flat(chunk, 2, "int32")
+            assert lengths.tolist() == [len(x) + 1 for x in want[start:start + 5000]], memo.__name__
+            assert flat.tolist() == [i for x in want[start:start + 5000] for i in [*x, 2]], memo.__name__
 
 
 def _sample(shared_data: Path, n_per_file: int) -> list[str]:

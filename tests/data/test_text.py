@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from xlmkit.core.errors import DataError
-from xlmkit.data.text import HashSet64, clean_line, count_lines, filter_reason, line_hash, read_lines, remove_accents
+from xlmkit.data.text import (HashSet64, clean_line, count_lines, filter_reason, line_hash, line_hashes, read_lines,
+                              remove_accents)
 
 TRICKY = [
     "  Ｆｕｌｌ－ｗｉｄｔｈ  ﬁne   ligatures\u00a0and no-break spaces ",
@@ -52,9 +53,37 @@ def test_length_filter():
 
 def test_line_hash_is_stable_64_bit_and_never_zero():
     assert line_hash("hello") == line_hash("hello")
-    assert line_hash("hello") == int.from_bytes(__import__("hashlib").blake2b(b"hello", digest_size=8).digest(), "little")
     assert line_hash("hello") != line_hash("hello ")
-    assert 0 < line_hash("x") < 2**64
+    assert 0 < line_hash("x") < 2**64 and 0 < line_hash("") < 2**64
+    # the same in a fresh process with another PYTHONHASHSEED: workers and reruns must agree
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "from xlmkit.data.text import line_hash; print(line_hash('hello'))"],
+                         env={**os.environ, "PYTHONHASHSEED": "123"}, capture_output=True, text=True, check=True)
+    assert int(out.stdout) == line_hash("hello")
+
+
+def test_line_hashes_without_the_compiled_helper_are_blake2b(monkeypatch):
+    """The fallback where _wordtable was not built, and for texts holding a line break."""
+    from hashlib import blake2b
+
+    import xlmkit.data.text as T
+
+    def b2(x: bytes) -> int:
+        return int.from_bytes(blake2b(x, digest_size=8).digest(), "little")
+
+    assert T.line_hashes(["a\nb", "c"]).tolist() == [b2(b"a\nb"), b2(b"c")]
+    monkeypatch.setattr(T, "_hash_lines", None)
+    assert T.line_hash("hello") == b2(b"hello")
+    assert T.line_hashes([b"x", b"y z"]).tolist() == [b2(b"x"), b2(b"y z")]
+
+
+def test_line_hashes_tell_apart_a_few_hundred_thousand_near_identical_lines():
+    lines = [f"{i} " + "ab" * (i % 13) + f" {i % 7}" for i in range(300_000)]
+    lines += [x[::-1] for x in lines[:1000]] + [x + " " for x in lines[:1000]]
+    assert len(set(line_hashes(lines).tolist())) == len(set(lines))
 
 
 def test_hash_set_matches_a_python_set_across_batches_and_growth():

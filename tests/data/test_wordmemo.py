@@ -1,8 +1,9 @@
-"""The word memo in front of SentencePiece (xlmkit.data.wordmemo): exactly the ids of the line path.
+"""The word memo in front of SentencePiece (xlmkit.data.wordmemo): exactly the ids of the line path,
+with the C table (xlmkit/data/_wordtable.c) and with the numpy one.
 
-The parity tests over every sentence of ../shared/data (test_prepare_engine.py) check it on real text;
-these build what real text seldom holds: forced resets, words and lines it must leave to the line
-path, a key clash.
+The parity tests over every sentence of ../shared/data (test_prepare_engine.py) check the default one
+on real text; these build what real text seldom holds: forced resets, words and lines it must leave
+to the line path, a key clash.
 """
 
 from __future__ import annotations
@@ -14,9 +15,27 @@ import pytest
 from tokenizers import Tokenizer
 
 from xlmkit.data.tokenizer import METASPACE, FastEncoder, train_tokenizer
-from xlmkit.data.wordmemo import MAX_WORD_BYTES, WordMemo, word_keys
+from xlmkit.data.wordmemo import MAX_WORD_BYTES, CompiledWordMemo, WordMemo, word_keys
 
 EOS = 2
+
+
+MEMOS = {"compiled": CompiledWordMemo, "numpy": WordMemo}
+
+
+@pytest.fixture(params=sorted(MEMOS))
+def memo_kind(request):
+    if request.param == "compiled":
+        pytest.importorskip("xlmkit.data._wordtable", reason="the C word table was not built")
+    return MEMOS[request.param]
+
+
+def test_the_c_table_is_built_where_a_compiler_is():
+    """CI builds it (pip install -e . with gcc): a missing build would fall back silently, slower."""
+    import shutil
+
+    if shutil.which("gcc") or shutil.which("cc"):
+        import xlmkit.data._wordtable  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -36,24 +55,26 @@ def encode_flat(fast: FastEncoder, lines: list[str]) -> tuple[list[int], list[in
     return flat.tolist(), lengths.tolist()
 
 
-def test_the_same_ids_through_resets(tok):
+def test_the_same_ids_through_resets(tok, memo_kind):
     """A memo far too small for the text starts empty again and again; the ids do not change."""
     lines = [f"word{i % 53} text{i % 701} and {i} more café{i % 11}" for i in range(4000)]
     fast = FastEncoder(tok)
-    memo = fast.memo = WordMemo(fast.spm, max_words=300, max_ids=2000)
-    resets = []
-    memo._reset = lambda slots, reset=memo._reset: (resets.append(len(memo)), reset(slots))
+    memo = fast.memo = memo_kind(fast.spm, max_words=300, max_ids=2000)
+    sizes = []
     for start in range(0, len(lines), 50):
         chunk = lines[start:start + 50]
         assert encode_flat(fast, chunk) == reference(tok, chunk)
-        assert len(memo) <= 300
-    assert len(resets) >= 10 and min(resets) > 100
+        sizes.append(len(memo))
+    assert max(sizes) <= 300 + 170  # full past 300 words, emptied at the next chunk (<= 170 new words each)
+    resets = sum(b < a for a, b in zip(sizes, sizes[1:]))
+    assert resets >= 10
 
-def test_lines_the_memo_cannot_take_go_to_the_line_path(tok):
+def test_lines_the_memo_cannot_take_go_to_the_line_path(tok, memo_kind):
     long_word = "x" * (MAX_WORD_BYTES + 1)
     lines = ["word1 and more", "", "two  spaces", " leading", "trailing ", f"a {long_word} b",
              "a <mask> b", "x</s>y", "<0x41> literal", ("word2 and more " * 200).strip(), "ünknown ☃ chars", "word3"]
     fast = FastEncoder(tok)
+    fast.memo = memo_kind(fast.spm)
     flat, lengths, bad = fast.memo.encode("\n".join(lines).encode(), len(lines), EOS)
     assert bad.tolist() == [1, 2, 3, 4, 5]  # empty words, the over-long word; FastEncoder finds specials, long lines
     assert encode_flat(fast, lines) == encode_flat(FastEncoder(tok, memo=False), lines)
@@ -66,8 +87,10 @@ def test_lines_the_memo_cannot_take_go_to_the_line_path(tok):
 
 
 def test_a_key_clash_is_left_to_the_line_path(tok):
-    """A word whose key matches an entry whose check differs is not given that entry's ids."""
+    """numpy table: a word whose key matches an entry whose check differs is not given that entry's
+    ids. (The C table compares the words' bytes.)"""
     fast = FastEncoder(tok)
+    fast.memo = WordMemo(fast.spm)
     lines = ["word1 and more", "more text", "and word2"]
     assert encode_flat(fast, lines) == reference(tok, lines)
     memo = fast.memo
@@ -108,3 +131,27 @@ def test_no_memo_for_a_vocabulary_with_pieces_across_words(tok):
     fast = FastEncoder(other)
     assert fast.engine == "sentencepiece" and fast.memo is None
     assert FastEncoder(tok).memo is not None
+
+
+def test_the_c_table_contract_and_its_errors():
+    """lookup -> the missing words in groups, pending; fill their ids; emit the chunk. Out of order or
+    with ids that do not match, a ValueError, never a crash."""
+    WordTable = pytest.importorskip("xlmkit.data._wordtable", reason="the C word table was not built").WordTable
+    t = WordTable(10, 100, 200, 3)  # groups close at >= 3 bytes
+    with pytest.raises(ValueError, match="emit: no lookup"):
+        t.emit(EOS)
+    assert t.lookup(b"a b\nc a", 2) == b"a b\nc"  # distinct, in order; "a b " is 4 bytes: a new group
+    with pytest.raises(ValueError, match="not filled"):
+        t.emit(EOS)
+    i32, i64 = (lambda *x: np.array(x, dtype="<i4").tobytes()), (lambda *x: np.array(x, dtype="<i8").tobytes())
+    with pytest.raises(ValueError, match="2 counts for 3 pending"):
+        t.fill(i32(5, 6), i64(1, 1))
+    with pytest.raises(ValueError, match="counts sum to 4, 3 ids given"):
+        t.fill(i32(5, 6, 7), i64(1, 1, 2))
+    t.fill(i32(5, 6, 7, 8), i64(1, 1, 2))
+    flat, lengths, bad = t.emit(EOS)
+    assert np.frombuffer(flat, "<i4").tolist() == [5, 6, EOS, 7, 8, 5, EOS]
+    assert np.frombuffer(lengths, "<i8").tolist() == [3, 4] and bad == [] and len(t) == 3
+    assert t.lookup(b"b  a", 1) == b""  # all known; the empty word makes the line bad
+    flat, lengths, bad = t.emit(-1)
+    assert flat == b"" and np.frombuffer(lengths, "<i8").tolist() == [0] and bad == [0]

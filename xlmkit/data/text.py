@@ -177,24 +177,33 @@ def filter_reason(text: str, min_chars: int, max_chars: int) -> str | None:
 
 
 def line_hash(text: str) -> int:
-    """64-bit digest of a line for dedup (never 0: HashSet64 uses 0 for an empty slot).
-
-    The chance that two different lines of a 100M-line corpus collide is about n^2 / 2^65 ~ 3e-4.
-    blake2b rather than `hash()` so results do not depend on PYTHONHASHSEED.
-    """
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little") or 1
+    """64-bit digest of a line for dedup (never 0: HashSet64 uses 0 for an empty slot): `line_hashes`
+    of one line. The same on every run and worker (no PYTHONHASHSEED in it)."""
+    return int(line_hashes([text])[0])
 
 
 def line_hashes(texts: list[str] | list[bytes]) -> np.ndarray:
-    """`line_hash` of each text (or of each line's UTF-8 bytes, which saves encoding them), as a
-    uint64 array: C-level maps and one numpy read of the joined digests, no Python code per line."""
-    data = texts if texts and isinstance(texts[0], bytes) else map(str.encode, texts)
+    """The dedup hash of each text (or of each line's UTF-8 bytes, which saves encoding them), as a
+    uint64 array. With the compiled helper (xlmkit/data/_wordtable.c, MurmurHash3's 64-bit mixing):
+    the texts joined and hashed in one C call, ~20x faster than blake2b's call per line, which is the
+    fallback (where the helper was not built, or a text holds a line break). Either way the chance
+    that two different lines of a 100M-line corpus collide is about n^2 / 2^65 ~ 3e-4; the first
+    is not cryptographic, so lines crafted to collide could be taken for duplicates."""
+    data = texts if texts and isinstance(texts[0], bytes) else list(map(str.encode, texts))
+    if _hash_lines is not None and data:
+        joined = b"\n".join(data)
+        if joined.count(b"\n") == len(data) - 1:
+            return np.frombuffer(_hash_lines(joined, len(data)), dtype=np.uint64).copy()
     digests = b"".join(map(hashlib.blake2b.digest, map(_blake2b_8, data)))
     h = np.frombuffer(digests, dtype="<u8").astype(np.uint64)
     h[h == 0] = 1
     return h
 
 
+try:
+    from xlmkit.data._wordtable import hash_lines as _hash_lines
+except ImportError:  # not built: blake2b
+    _hash_lines = None
 _blake2b_8 = functools.partial(hashlib.blake2b, digest_size=8)
 
 

@@ -416,9 +416,9 @@ class FastEncoder:
         if memo and self.spm is not None:
             pieces = (self.spm.id_to_piece(i) for i in range(self.spm.get_piece_size()))
             if not any(METASPACE in p[1:] for p in pieces):
-                from xlmkit.data.wordmemo import WordMemo
+                from xlmkit.data.wordmemo import make_memo
 
-                self.memo = WordMemo(self.spm)
+                self.memo = make_memo(self.spm)
 
     @property
     def engine(self) -> str:

@@ -71,6 +71,67 @@ def word_keys(a: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[np.n
     return key, v0
 
 
+def encode_word_groups(sp, starts_word: np.ndarray, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """SentencePiece ids of the words of `texts` (each a group of words joined by single spaces), one
+    call for all: a group is encoded as one sentence (its Viterbi path is its words' paths one after
+    another) and split where a piece starts a word (`starts_word[id]`: it begins with '▁'). Groups
+    stay well under MAX_EXACT_CHARS, so the sums stay within float32's exact range as on a short
+    line. -> (ids, ids per word, in order)."""
+    encoded = sp.encode(texts, out_type=int, num_threads=1)
+    per_text = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+    flat = np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int32, count=int(per_text.sum()))
+    word_start = starts_word[flat]
+    words_per_text = np.fromiter(map(str.count, texts, itertools.repeat(" ")), dtype=np.int64, count=len(texts)) + 1
+    text_first = np.cumsum(per_text) - per_text
+    if (per_text > 0).all() and word_start[text_first].all() \
+            and np.array_equal(np.add.reduceat(word_start.astype(np.int64), text_first), words_per_text):
+        return flat, np.diff(np.flatnonzero(word_start), append=len(flat))
+    # a group whose pieces do not split into its words ('▁' inside <unk>, say): one call per word
+    words = [w for text in texts for w in text.split(" ")]
+    encoded = sp.encode(words, out_type=int, num_threads=1)
+    counts = np.fromiter(map(len, encoded), dtype=np.int64, count=len(words))
+    return np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int32, count=int(counts.sum())), counts
+
+
+def pieces_starting_a_word(sp) -> np.ndarray:
+    """(vocab,) bool: the pieces that begin with '▁', i.e. begin a word."""
+    return np.array([sp.id_to_piece(i).startswith("\u2581") for i in range(sp.get_piece_size())])
+
+
+def make_memo(sp, max_words: int = 1 << 19, max_ids: int = 1 << 22):
+    """The compiled table where it was built (xlmkit/data/_wordtable.c), else the numpy one: same ids."""
+    try:
+        return CompiledWordMemo(sp, max_words, max_ids)
+    except ImportError:
+        return WordMemo(sp, max_words, max_ids)
+
+
+class CompiledWordMemo:
+    """WordMemo's contract on the C table: words split, looked up (compared byte for byte, so no
+    hash can mix two words up), stored and their ids copied in C; SentencePiece encodes the missing
+    words here, a few hundred to a call (encode_word_groups)."""
+
+    def __init__(self, sp, max_words: int = 1 << 19, max_ids: int = 1 << 22):
+        from xlmkit.data._wordtable import WordTable
+
+        self.sp = sp
+        self.starts_word = pieces_starting_a_word(sp)
+        self.table = WordTable(max_words, max_ids, MAX_WORD_BYTES, MAX_GROUP_BYTES)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def encode(self, data: bytes, n_lines: int, eos: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """As WordMemo.encode."""
+        missing = self.table.lookup(data, n_lines)
+        if missing:
+            flat, counts = encode_word_groups(self.sp, self.starts_word, missing.decode("utf-8").split("\n"))
+            self.table.fill(flat.astype("<i4").tobytes(), counts.astype("<i8").tobytes())
+        flat, lengths, bad = self.table.emit(-1 if eos is None else eos)
+        return (np.frombuffer(flat, dtype="<i4"), np.frombuffer(lengths, dtype="<i8").copy(),
+                np.array(bad, dtype=np.int64))
+
+
 class WordMemo:
     """Encodes a chunk of lines with `sp` (a SentencePieceProcessor, no bos/eos), word by word.
 
@@ -82,10 +143,9 @@ class WordMemo:
     def __init__(self, sp, max_words: int = 1 << 19, max_ids: int = 1 << 22):
         self.sp = sp
         self.max_words, self.max_ids = max_words, max_ids
-        # pieces that begin a word: a line's (or group's) word boundaries in its ids
-        self.starts_word = np.array([sp.id_to_piece(i).startswith("\u2581") for i in range(sp.get_piece_size())])
-        # the table's final size from the start: np.zeros maps pages lazily, so memory follows the words
-        # stored, and a table that never grows keeps every slot found in a chunk valid
+        self.starts_word = pieces_starting_a_word(sp)  # a group's word boundaries in its ids
+        # the table's final size from the start, so that slots found in a chunk stay valid (a chunk of
+        # more than max_words words grows it)
         self._reset(1 << max(16, (2 * max_words - 1).bit_length()))
 
     def _reset(self, slots: int) -> None:
@@ -117,12 +177,10 @@ class WordMemo:
         key, check = word_keys(a, starts, ends)
         # empty words (two spaces, a space at a line's edge) and very long ones are the line path's
         storable = (length > 0) & (length <= MAX_WORD_BYTES)
+        if self.size > self.max_words or self.n_ids > self.max_ids:
+            self._reset(len(self.keys))  # full: start empty again (the output does not depend on it)
         slot, found = self._lookup(key)
         missing = self._distinct(key, ~found & storable)
-        if self.size + len(missing[0]) > self.max_words or self.n_ids + self._most_ids(length, missing) > self.max_ids:
-            self._reset(len(self.keys))  # start empty again, before any slot found here is used
-            slot, found = self._lookup(key)
-            missing = self._distinct(key, storable)
         if 2 * (self.size + len(missing[0])) > len(self.keys):  # one chunk of more than max_words words
             while 2 * (self.size + len(missing[0])) > len(self.keys):
                 self._grow()
@@ -154,12 +212,6 @@ class WordMemo:
         keys, first, inverse = np.unique(key[at], return_index=True, return_inverse=True)
         return keys, at[first], inverse
 
-    @staticmethod
-    def _most_ids(length: np.ndarray, missing) -> int:
-        """The most ids the missing words can take: a word of b bytes takes at most b + 1 (a lone '▁',
-        then a byte piece per byte with byte fallback)."""
-        return int(length[missing[1]].sum()) + len(missing[1])
-
     def _lookup(self, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Slot of each key (linear probing) and whether it is there."""
         mask = len(self.keys) - 1
@@ -188,40 +240,17 @@ class WordMemo:
         return self._insert(keys, check[pos], (offs << 24) | (counts << 8) | (ends[pos] - starts[pos]))
 
     def _encode_words(self, data: bytes, starts: np.ndarray, ends: np.ndarray):
-        """SentencePiece ids of the words data[starts[k]:ends[k]], several hundred words to a call: a
-        group "w1 w2 ..." is encoded as one sentence (its Viterbi path is the words' paths one after
-        another) and split where a piece starts with '▁'. Groups stay under MAX_GROUP_BYTES, so the
-        sums stay within float32's exact range as on a short line. -> (ids, ids per word)."""
+        """SentencePiece ids of the words data[starts[k]:ends[k]] (encode_word_groups), -> (ids, ids per word)."""
         lengths = ends - starts
-        n = len(starts)
         a = np.frombuffer(data, dtype=np.uint8)
         dest = np.cumsum(lengths + 1) - (lengths + 1)  # each word, then its separator
         group = dest // MAX_GROUP_BYTES
         out = np.empty(int(dest[-1] + lengths[-1] + 1), dtype=np.uint8)
-        total = int(lengths.sum())
-        within = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         out[np.repeat(dest, lengths) + within] = a[np.repeat(starts, lengths) + within]
         last_of_group = np.concatenate([group[1:] != group[:-1], [True]])
         out[dest + lengths] = np.where(last_of_group, 10, 32)
-        texts = out[:-1].tobytes().decode("utf-8").split("\n")
-        encoded = self.sp.encode(texts, out_type=int, num_threads=1)
-        per_text = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
-        flat = np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int32, count=int(per_text.sum()))
-        word_start = self.starts_word[flat]
-        words_per_text = np.bincount(group, minlength=len(texts))[: len(texts)]
-        text_first = np.cumsum(per_text) - per_text
-        starts_per_text = np.add.reduceat(word_start.astype(np.int64), text_first) if len(flat) else per_text
-        if not (np.array_equal(starts_per_text, words_per_text) and word_start[text_first[per_text > 0]].all()
-                and (per_text > 0).all()):
-            # a group whose pieces do not split into its words ('▁' inside <unk>, say): one call per word
-            words = [data[s:s + k].decode("utf-8") for s, k in zip(starts.tolist(), lengths.tolist())]
-            encoded = self.sp.encode(words, out_type=int, num_threads=1)
-            counts = np.fromiter(map(len, encoded), dtype=np.int64, count=n)
-            return np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int32, count=int(counts.sum())), \
-                counts
-        first_piece = np.flatnonzero(word_start)
-        counts = np.diff(first_piece, append=len(flat))
-        return flat, counts
+        return encode_word_groups(self.sp, self.starts_word, out[:-1].tobytes().decode("utf-8").split("\n"))
 
     def _insert(self, keys: np.ndarray, check: np.ndarray, value: np.ndarray) -> np.ndarray:
         """Insert distinct keys not in the table; -> their slots."""

@@ -1,0 +1,479 @@
+/* The word table of xlmkit.data.wordmemo, in C: word -> SentencePiece ids, exact (words compared byte
+ * for byte), bounded. The Python side (CompiledWordMemo) encodes the missing words with SentencePiece;
+ * this file only splits, looks up, stores and copies ids. Per chunk:
+ *
+ *   t = WordTable(max_words, max_ids, max_word_bytes, group_bytes)
+ *   blob = t.lookup(data, n_lines)   # data: n_lines lines joined by '\n', words by single spaces.
+ *                                    # -> the distinct words not in the table (each <= max_word_bytes),
+ *                                    # joined by ' ', a '\n' closing each group of >= group_bytes; they
+ *                                    # are now pending. ValueError if data does not hold n_lines lines.
+ *   t.fill(ids, counts)              # int32 ids and int64 ids per word of the pending words, blob order
+ *   flat, lengths, bad = t.emit(eos) # of the last lookup's data: int32 ids (eos after each line unless
+ *                                    # eos < 0), int64 ids per line, the lines left to the caller
+ *
+ * A line holding an empty word (two spaces, a space at its edge) or a word over max_word_bytes is
+ * "bad": no ids are written for it (length 0) and the caller encodes it otherwise. Past max_words
+ * words or max_ids ids the table starts empty at the next lookup (the output does not depend on it).
+ * Speed comes from memory access: a word's bytes (up to 16) and ids (up to 2) sit in its slot, the
+ * slots of the words ahead are prefetched, and each word is looked up once per chunk.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PENDING UINT32_MAX
+#define NO_SLOT UINT32_MAX
+#define INLINE_BYTES 16
+#define INLINE_IDS 2
+#define AHEAD 16 /* words looked ahead for prefetching */
+
+typedef struct {
+    uint64_t hash; /* 0: empty slot */
+    uint32_t word_len;
+    uint32_t n_ids; /* PENDING until fill() */
+    uint32_t word_off; /* in words, when word_len > INLINE_BYTES */
+    uint32_t ids_off; /* in ids, when n_ids > INLINE_IDS */
+    int32_t ids[INLINE_IDS];
+    unsigned char head[INLINE_BYTES];
+} Entry;
+
+typedef struct {
+    PyObject_HEAD
+    Entry *table;
+    size_t cap, size, max_words;
+    char *words;
+    size_t words_len, words_cap;
+    int32_t *ids;
+    size_t n_ids, ids_cap, max_ids;
+    size_t max_word_bytes, group_bytes;
+    /* the last lookup: its data and, per word, where it starts, its length, its slot */
+    PyObject *data;
+    Py_ssize_t n_lines;
+    uint32_t *w_start, *w_len, *w_slot;
+    uint8_t *w_ends_line;
+    size_t n_words, w_cap;
+    size_t *pending; /* word indices of the pending words, blob order */
+    size_t n_pending, pending_cap;
+} WordTable;
+
+static uint64_t hash_bytes(const unsigned char *p, size_t n) {
+    uint64_t h = 0xcbf29ce484222325ULL; /* FNV-1a over 8-byte lanes, then splitmix64's finaliser */
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t v;
+        memcpy(&v, p + i, 8);
+        h = (h ^ v) * 0x100000001b3ULL;
+        h ^= h >> 29;
+    }
+    uint64_t v = 0;
+    memcpy(&v, p + i, n - i);
+    h = (h ^ v ^ ((uint64_t)n << 56)) * 0x100000001b3ULL;
+    h ^= h >> 30; h *= 0xbf58476d1ce4e5b9ULL;
+    h ^= h >> 27; h *= 0x94d049bb133111ebULL;
+    h ^= h >> 31;
+    return h ? h : 1;
+}
+
+static int grow(void **buf, size_t *cap, size_t need, size_t item) {
+    if (need <= *cap) return 0;
+    size_t c = *cap ? *cap : 1024;
+    while (c < need) c *= 2;
+    void *p = realloc(*buf, c * item);
+    if (!p) { PyErr_NoMemory(); return -1; }
+    *buf = p;
+    *cap = c;
+    return 0;
+}
+
+static int reset(WordTable *t) {
+    free(t->table);
+    t->cap = 1 << 14;
+    t->table = calloc(t->cap, sizeof(Entry));
+    if (!t->table) { PyErr_NoMemory(); return -1; }
+    t->size = t->words_len = t->n_ids = t->n_pending = 0;
+    return 0;
+}
+
+static inline const unsigned char *entry_word(const WordTable *t, const Entry *e) {
+    return e->word_len <= INLINE_BYTES ? e->head : (const unsigned char *)t->words + e->word_off;
+}
+
+/* The slot of word w: where it is (*found = 1) or the empty slot where it would go. */
+static inline size_t probe(const WordTable *t, const unsigned char *w, size_t n, uint64_t h, int *found) {
+    size_t mask = t->cap - 1, s = (size_t)h & mask;
+    for (;;) {
+        const Entry *e = &t->table[s];
+        if (e->hash == 0) { *found = 0; return s; }
+        if (e->hash == h && e->word_len == n && memcmp(entry_word(t, e), w, n) == 0) { *found = 1; return s; }
+        s = (s + 1) & mask;
+    }
+}
+
+static int rehash(WordTable *t, size_t cap) {
+    Entry *old = t->table;
+    size_t old_cap = t->cap;
+    t->table = calloc(cap, sizeof(Entry));
+    if (!t->table) { t->table = old; PyErr_NoMemory(); return -1; }
+    t->cap = cap;
+    for (size_t i = 0; i < old_cap; i++) {
+        if (!old[i].hash) continue;
+        size_t s = (size_t)old[i].hash & (cap - 1);
+        while (t->table[s].hash) s = (s + 1) & (cap - 1);
+        t->table[s] = old[i];
+    }
+    free(old);
+    return 0;
+}
+
+static int WordTable_init(WordTable *t, PyObject *args, PyObject *kw) {
+    Py_ssize_t max_words, max_ids, max_word_bytes, group_bytes;
+    (void)kw;
+    if (!PyArg_ParseTuple(args, "nnnn", &max_words, &max_ids, &max_word_bytes, &group_bytes)) return -1;
+    if (max_words < 1 || max_ids < 1 || max_word_bytes < 1 || max_word_bytes > 65535 || group_bytes < 1) {
+        PyErr_SetString(PyExc_ValueError, "WordTable: sizes must be >= 1, max_word_bytes <= 65535");
+        return -1;
+    }
+    t->max_words = (size_t)max_words;
+    t->max_ids = (size_t)max_ids;
+    t->max_word_bytes = (size_t)max_word_bytes;
+    t->group_bytes = (size_t)group_bytes;
+    return reset(t); /* a small table, grown as words come: memory follows the distinct words seen */
+}
+
+static void WordTable_dealloc(WordTable *t) {
+    Py_XDECREF(t->data);
+    free(t->table);
+    free(t->words);
+    free(t->ids);
+    free(t->pending);
+    free(t->w_start);
+    free(t->w_len);
+    free(t->w_slot);
+    free(t->w_ends_line);
+    Py_TYPE(t)->tp_free((PyObject *)t);
+}
+
+/* Split data into words (start, length, whether it ends its line); -1 if it does not hold n_lines. */
+static int split_words(WordTable *t, const unsigned char *d, size_t n, Py_ssize_t n_lines) {
+    size_t lines = 0, k = 0;
+    t->n_words = 0;
+    if (n_lines == 0 && n == 0) return 0;
+    for (size_t i = 0; i <= n;) {
+        size_t j = i;
+        while (j < n && d[j] != ' ' && d[j] != '\n') j++;
+        if (k + 1 > t->w_cap) {
+            size_t c = t->w_cap;
+            if (grow((void **)&t->w_start, &c, k + 1, sizeof(uint32_t)) < 0) return -1;
+            c = t->w_cap;
+            if (grow((void **)&t->w_len, &c, k + 1, sizeof(uint32_t)) < 0) return -1;
+            c = t->w_cap;
+            if (grow((void **)&t->w_slot, &c, k + 1, sizeof(uint32_t)) < 0) return -1;
+            c = t->w_cap;
+            if (grow((void **)&t->w_ends_line, &c, k + 1, 1) < 0) return -1;
+            t->w_cap = c;
+        }
+        t->w_start[k] = (uint32_t)i;
+        t->w_len[k] = (uint32_t)(j - i);
+        t->w_ends_line[k] = (j >= n || d[j] == '\n');
+        lines += t->w_ends_line[k];
+        k++;
+        i = j + 1;
+    }
+    t->n_words = k;
+    if (lines != (size_t)n_lines) {
+        PyErr_Format(PyExc_ValueError, "%zd lines expected, %zu found (a line holds '\\n'?)", n_lines, lines);
+        return -1;
+    }
+    return 0;
+}
+
+static inline int storable(const WordTable *t, size_t k) {
+    return t->w_len[k] > 0 && t->w_len[k] <= t->max_word_bytes;
+}
+
+/* Find every word's slot; insert the missing ones as pending. -1 on error, 1 if the table grew (the
+ * slots found before that moved), else 0. */
+static int find_all(WordTable *t, const unsigned char *d) {
+    int grew = 0;
+    size_t mask = t->cap - 1;
+    uint64_t hashes[AHEAD];
+    size_t n = t->n_words;
+    for (size_t k = 0; k < n && k < AHEAD; k++)
+        if (storable(t, k)) {
+            hashes[k] = hash_bytes(d + t->w_start[k], t->w_len[k]);
+            __builtin_prefetch(&t->table[hashes[k] & mask]);
+        }
+    for (size_t k = 0; k < n; k++) {
+        uint64_t h = hashes[k % AHEAD];
+        size_t ahead = k + AHEAD;
+        if (ahead < n && storable(t, ahead)) {
+            hashes[ahead % AHEAD] = hash_bytes(d + t->w_start[ahead], t->w_len[ahead]);
+            __builtin_prefetch(&t->table[hashes[ahead % AHEAD] & (t->cap - 1)]);
+        }
+        if (!storable(t, k)) { t->w_slot[k] = NO_SLOT; continue; }
+        const unsigned char *w = d + t->w_start[k];
+        size_t len = t->w_len[k];
+        int found;
+        size_t s = probe(t, w, len, h, &found);
+        if (!found) {
+            if (2 * (t->size + 1) > t->cap) { /* at most half full */
+                if (rehash(t, 2 * t->cap) < 0) return -1;
+                grew = 1;
+                s = probe(t, w, len, h, &found);
+            }
+            if (grow((void **)&t->pending, &t->pending_cap, t->n_pending + 1, sizeof(size_t)) < 0) return -1;
+            Entry *e = &t->table[s];
+            e->hash = h;
+            e->word_len = (uint32_t)len;
+            e->n_ids = PENDING;
+            if (len <= INLINE_BYTES) {
+                memcpy(e->head, w, len);
+            } else {
+                if (grow((void **)&t->words, &t->words_cap, t->words_len + len, 1) < 0) return -1;
+                memcpy(t->words + t->words_len, w, len);
+                e->word_off = (uint32_t)t->words_len;
+                t->words_len += len;
+            }
+            t->size++;
+            t->pending[t->n_pending++] = k;
+        }
+        t->w_slot[k] = (uint32_t)s;
+    }
+    return grew;
+}
+
+static PyObject *WordTable_lookup(WordTable *t, PyObject *args) {
+    PyObject *data;
+    Py_ssize_t n_lines;
+    if (!PyArg_ParseTuple(args, "Sn", &data, &n_lines)) return NULL;
+    const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(data);
+    size_t n = (size_t)PyBytes_GET_SIZE(data);
+    Py_XDECREF(t->data);
+    t->data = NULL;
+    if (n_lines < 0 || split_words(t, d, n, n_lines) < 0) {
+        if (n_lines < 0) PyErr_SetString(PyExc_ValueError, "n_lines must be >= 0");
+        return NULL;
+    }
+    if (t->n_pending || t->size > t->max_words || t->n_ids > t->max_ids)
+        if (reset(t) < 0) return NULL; /* full, or fill() never came: start empty */
+    int grew = find_all(t, d);
+    if (grew < 0) return NULL;
+    if (grew) /* the slots found before the table grew moved: find them again (no word is missing now) */
+        for (size_t k = 0; k < t->n_words; k++) {
+            if (t->w_slot[k] == NO_SLOT) continue;
+            int found;
+            const unsigned char *w = d + t->w_start[k];
+            t->w_slot[k] = (uint32_t)probe(t, w, t->w_len[k], hash_bytes(w, t->w_len[k]), &found);
+        }
+    size_t out_len = 0, group_len = 0;
+    for (size_t p = 0; p < t->n_pending; p++) out_len += t->w_len[t->pending[p]] + 1;
+    PyObject *blob = PyBytes_FromStringAndSize(NULL, out_len ? (Py_ssize_t)out_len - 1 : 0);
+    if (!blob) return NULL;
+    char *out = PyBytes_AS_STRING(blob);
+    size_t pos = 0;
+    for (size_t p = 0; p < t->n_pending; p++) {
+        size_t k = t->pending[p], len = t->w_len[k];
+        if (p > 0) { /* the separator before this word: a group of >= group_bytes ends with '\n' */
+            out[pos++] = group_len >= t->group_bytes ? '\n' : ' ';
+            if (out[pos - 1] == '\n') group_len = 0;
+        }
+        memcpy(out + pos, d + t->w_start[k], len);
+        pos += len;
+        group_len += len + 1;
+    }
+    Py_INCREF(data);
+    t->data = data;
+    t->n_lines = n_lines;
+    return blob;
+}
+
+static PyObject *WordTable_fill(WordTable *t, PyObject *args) {
+    Py_buffer ids, counts;
+    if (!PyArg_ParseTuple(args, "y*y*", &ids, &counts)) return NULL;
+    PyObject *result = NULL;
+    size_t n_words = (size_t)counts.len / sizeof(int64_t), n_new = (size_t)ids.len / sizeof(int32_t), total = 0;
+    const int64_t *c = counts.buf;
+    const int32_t *src = ids.buf;
+    if (!t->data || n_words != t->n_pending) {
+        PyErr_Format(PyExc_ValueError, "fill: %zu counts for %zu pending words", n_words, t->data ? t->n_pending : 0);
+        goto done;
+    }
+    for (size_t k = 0; k < n_words; k++) {
+        if (c[k] < 1) { PyErr_SetString(PyExc_ValueError, "fill: a word with no ids"); goto done; }
+        total += (size_t)c[k];
+    }
+    if (total != n_new) { PyErr_Format(PyExc_ValueError, "fill: counts sum to %zu, %zu ids given", total, n_new); goto done; }
+    for (size_t k = 0; k < n_words; k++, src += c[k - 1]) {
+        Entry *e = &t->table[t->w_slot[t->pending[k]]];
+        e->n_ids = (uint32_t)c[k];
+        if (c[k] <= INLINE_IDS) {
+            memcpy(e->ids, src, (size_t)c[k] * sizeof(int32_t));
+        } else {
+            if (grow((void **)&t->ids, &t->ids_cap, t->n_ids + (size_t)c[k], sizeof(int32_t)) < 0) goto done;
+            memcpy(t->ids + t->n_ids, src, (size_t)c[k] * sizeof(int32_t));
+            e->ids_off = (uint32_t)t->n_ids;
+            t->n_ids += (size_t)c[k];
+        }
+    }
+    t->n_pending = 0;
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    PyBuffer_Release(&ids);
+    PyBuffer_Release(&counts);
+    return result;
+}
+
+static PyObject *WordTable_emit(WordTable *t, PyObject *args) {
+    long long eos;
+    if (!PyArg_ParseTuple(args, "L", &eos)) return NULL;
+    if (!t->data || t->n_pending) {
+        PyErr_SetString(PyExc_ValueError, "emit: no lookup, or its missing words not filled");
+        return NULL;
+    }
+    size_t total = 0, n_lines = (size_t)t->n_lines;
+    for (size_t k = 0; k < t->n_words; k++)
+        if (t->w_slot[k] != NO_SLOT) total += t->table[t->w_slot[k]].n_ids;
+    total += eos >= 0 ? n_lines : 0;
+    PyObject *flat_b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(total * sizeof(int32_t)));
+    PyObject *len_b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n_lines * sizeof(int64_t)));
+    PyObject *bad = PyList_New(0);
+    PyObject *result = NULL;
+    if (!flat_b || !len_b || !bad) goto done;
+    int32_t *flat = (int32_t *)PyBytes_AS_STRING(flat_b);
+    int64_t *lengths = (int64_t *)PyBytes_AS_STRING(len_b);
+    size_t used = 0, line = 0, line_start = 0;
+    int line_bad = 0;
+    for (size_t k = 0; k < t->n_words; k++) {
+        if (k + AHEAD < t->n_words && t->w_slot[k + AHEAD] != NO_SLOT) __builtin_prefetch(&t->table[t->w_slot[k + AHEAD]]);
+        if (t->w_slot[k] == NO_SLOT) {
+            line_bad = 1;
+        } else if (!line_bad) {
+            const Entry *e = &t->table[t->w_slot[k]];
+            memcpy(flat + used, e->n_ids <= INLINE_IDS ? e->ids : t->ids + e->ids_off, e->n_ids * sizeof(int32_t));
+            used += e->n_ids;
+        }
+        if (t->w_ends_line[k]) {
+            if (line_bad) {
+                used = line_start;
+                PyObject *i = PyLong_FromSize_t(line);
+                if (!i || PyList_Append(bad, i) < 0) { Py_XDECREF(i); goto done; }
+                Py_DECREF(i);
+            } else if (eos >= 0) {
+                flat[used++] = (int32_t)eos;
+            }
+            lengths[line++] = (int64_t)(used - line_start);
+            line_start = used;
+            line_bad = 0;
+        }
+    }
+    if (_PyBytes_Resize(&flat_b, (Py_ssize_t)(used * sizeof(int32_t))) < 0) goto done;
+    result = PyTuple_Pack(3, flat_b, len_b, bad);
+done:
+    Py_XDECREF(flat_b);
+    Py_XDECREF(len_b);
+    Py_XDECREF(bad);
+    Py_XDECREF(t->data);
+    t->data = NULL;
+    return result;
+}
+
+static Py_ssize_t WordTable_len(WordTable *t) { return (Py_ssize_t)t->size; }
+
+/* Line hashes for dedup (xlmkit.data.text.line_hashes): MurmurHash3's 64-bit mixing over 8-byte lanes
+ * and its finaliser. Not cryptographic (blake2b, the fallback, is); for two given lines a collision
+ * has a chance of ~2^-64. */
+static inline uint64_t rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+
+static inline uint64_t fmix64(uint64_t k) {
+    k ^= k >> 33; k *= 0xff51afd7ed558ccdULL;
+    k ^= k >> 33; k *= 0xc4ceb9fe1a85ec53ULL;
+    return k ^ (k >> 33);
+}
+
+static uint64_t hash_line(const unsigned char *p, size_t n) {
+    const uint64_t c1 = 0x87c37b91114253d5ULL, c2 = 0x4cf5ad432745937fULL;
+    uint64_t h = 0x9e3779b97f4a7c15ULL, v;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        memcpy(&v, p + i, 8);
+        h ^= rotl64(v * c1, 31) * c2;
+        h = rotl64(h, 27) * 5 + 0x52dce729;
+    }
+    v = 0;
+    memcpy(&v, p + i, n - i);
+    h ^= rotl64(v * c1, 31) * c2;
+    h = fmix64(h ^ (uint64_t)n);
+    return h ? h : 1; /* 0 marks an empty slot of HashSet64 */
+}
+
+static PyObject *hash_lines(PyObject *self, PyObject *args) {
+    Py_buffer buf;
+    Py_ssize_t n_lines;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*n", &buf, &n_lines)) return NULL;
+    PyObject *out = NULL;
+    const unsigned char *d = buf.buf;
+    size_t n = (size_t)buf.len, line = 0, start = 0;
+    if (n_lines < 1) { PyErr_SetString(PyExc_ValueError, "hash_lines: n_lines must be >= 1"); goto done; }
+    out = PyBytes_FromStringAndSize(NULL, n_lines * (Py_ssize_t)sizeof(uint64_t));
+    if (!out) goto done;
+    uint64_t *h = (uint64_t *)PyBytes_AS_STRING(out);
+    for (size_t i = 0; i <= n; i++) {
+        if (i < n && d[i] != '\n') continue;
+        if (line == (size_t)n_lines) break;
+        h[line++] = hash_line(d + start, i - start);
+        start = i + 1;
+    }
+    if (line != (size_t)n_lines || start <= n) {
+        Py_CLEAR(out);
+        PyErr_Format(PyExc_ValueError, "hash_lines: %zd lines expected, data holds another number", n_lines);
+    }
+done:
+    PyBuffer_Release(&buf);
+    return out;
+}
+
+static PyMethodDef module_methods[] = {
+    {"hash_lines", hash_lines, METH_VARARGS, "uint64 dedup hash of each line of data (n_lines lines joined by '\\n')"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMethodDef WordTable_methods[] = {
+    {"lookup", (PyCFunction)WordTable_lookup, METH_VARARGS, "find the words of data; the missing ones, now pending"},
+    {"fill", (PyCFunction)WordTable_fill, METH_VARARGS, "the ids of the pending words"},
+    {"emit", (PyCFunction)WordTable_emit, METH_VARARGS, "(ids, ids per line, bad lines) of the last lookup"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PySequenceMethods WordTable_as_sequence = {.sq_length = (lenfunc)WordTable_len};
+
+static PyTypeObject WordTableType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "xlmkit.data._wordtable.WordTable",
+    .tp_basicsize = sizeof(WordTable),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)WordTable_init,
+    .tp_dealloc = (destructor)WordTable_dealloc,
+    .tp_methods = WordTable_methods,
+    .tp_as_sequence = &WordTable_as_sequence,
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, .m_name = "_wordtable", .m_size = -1,
+                                    .m_methods = module_methods};
+
+PyMODINIT_FUNC PyInit__wordtable(void) {
+    if (PyType_Ready(&WordTableType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    Py_INCREF(&WordTableType);
+    if (PyModule_AddObject(m, "WordTable", (PyObject *)&WordTableType) < 0) {
+        Py_DECREF(&WordTableType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
