@@ -146,7 +146,7 @@ def test_the_c_table_contract_and_its_errors():
     i32, i64 = (lambda *x: np.array(x, dtype="<i4").tobytes()), (lambda *x: np.array(x, dtype="<i8").tobytes())
     with pytest.raises(ValueError, match="2 counts for 3 pending"):
         t.fill(i32(5, 6), i64(1, 1))
-    with pytest.raises(ValueError, match="counts sum to 4, 3 ids given"):
+    with pytest.raises(ValueError, match="do not sum to the 3 ids given"):
         t.fill(i32(5, 6, 7), i64(1, 1, 2))
     t.fill(i32(5, 6, 7, 8), i64(1, 1, 2))
     flat, lengths, bad = t.emit(EOS)
@@ -155,3 +155,24 @@ def test_the_c_table_contract_and_its_errors():
     assert t.lookup(b"b  a", 1) == b""  # all known; the empty word makes the line bad
     flat, lengths, bad = t.emit(-1)
     assert flat == b"" and np.frombuffer(lengths, "<i8").tolist() == [0] and bad == [0]
+
+
+def test_the_c_helpers_refuse_sizes_that_would_overflow():
+    """Found by review under AddressSanitizer: counts that wrap around 2^64, a line count past what
+    the data can hold, __init__ again between lookup and emit; each a ValueError now."""
+    wt = pytest.importorskip("xlmkit.data._wordtable", reason="the C word table was not built")
+    t = wt.WordTable(10, 100, 200, 1000)
+    assert t.lookup(b"a b c", 1) == b"a b c"
+    big = 2**63 - 1
+    with pytest.raises(ValueError, match="do not sum to the 1 ids"):
+        t.fill(np.array([7], "<i4").tobytes(), np.array([3, big, big], "<i8").tobytes())
+    with pytest.raises(ValueError, match="ids must be int32 and counts int64"):
+        t.fill(np.array([7], "<i4").tobytes() + b"\x01", np.array([1, 1, 1], "<i8").tobytes())
+    t.__init__(10, 100, 200, 1000)
+    with pytest.raises(ValueError, match="emit: no lookup"):
+        t.emit(EOS)
+    with pytest.raises(ValueError, match="eos must fit int32"):
+        t.lookup(b"a", 1), t.fill(np.array([7], "<i4").tobytes(), np.array([1], "<i8").tobytes()), t.emit(2**31)
+    with pytest.raises(ValueError, match="lines expected"):
+        wt.hash_lines(b"a\nb\nc\nd", 2**61 + 1)
+    assert len(np.frombuffer(wt.hash_lines(b"a\n\nb", 3), "<u8")) == 3

@@ -79,7 +79,10 @@ static uint64_t hash_bytes(const unsigned char *p, size_t n) {
 static int grow(void **buf, size_t *cap, size_t need, size_t item) {
     if (need <= *cap) return 0;
     size_t c = *cap ? *cap : 1024;
-    while (c < need) c *= 2;
+    while (c < need) {
+        if (c > SIZE_MAX / 2 / item) { PyErr_NoMemory(); return -1; }
+        c *= 2;
+    }
     void *p = realloc(*buf, c * item);
     if (!p) { PyErr_NoMemory(); return -1; }
     *buf = p;
@@ -135,8 +138,9 @@ static int WordTable_init(WordTable *t, PyObject *args, PyObject *kw) {
         PyErr_SetString(PyExc_ValueError, "WordTable: sizes must be >= 1, max_word_bytes <= 65535");
         return -1;
     }
+    Py_CLEAR(t->data); /* __init__ called again: the last lookup's slots are gone with the table */
     t->max_words = (size_t)max_words;
-    t->max_ids = (size_t)max_ids;
+    t->max_ids = (size_t)max_ids < UINT32_MAX / 2 ? (size_t)max_ids : UINT32_MAX / 2; /* ids_off is uint32 */
     t->max_word_bytes = (size_t)max_word_bytes;
     t->group_bytes = (size_t)group_bytes;
     return reset(t); /* a small table, grown as words come: memory follows the distinct words seen */
@@ -223,7 +227,9 @@ static int find_all(WordTable *t, const unsigned char *d) {
                 grew = 1;
                 s = probe(t, w, len, h, &found);
             }
+            /* room first, so that a failed allocation leaves no half-made entry */
             if (grow((void **)&t->pending, &t->pending_cap, t->n_pending + 1, sizeof(size_t)) < 0) return -1;
+            if (len > INLINE_BYTES && grow((void **)&t->words, &t->words_cap, t->words_len + len, 1) < 0) return -1;
             Entry *e = &t->table[s];
             e->hash = h;
             e->word_len = (uint32_t)len;
@@ -231,7 +237,6 @@ static int find_all(WordTable *t, const unsigned char *d) {
             if (len <= INLINE_BYTES) {
                 memcpy(e->head, w, len);
             } else {
-                if (grow((void **)&t->words, &t->words_cap, t->words_len + len, 1) < 0) return -1;
                 memcpy(t->words + t->words_len, w, len);
                 e->word_off = (uint32_t)t->words_len;
                 t->words_len += len;
@@ -250,13 +255,17 @@ static PyObject *WordTable_lookup(WordTable *t, PyObject *args) {
     if (!PyArg_ParseTuple(args, "Sn", &data, &n_lines)) return NULL;
     const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(data);
     size_t n = (size_t)PyBytes_GET_SIZE(data);
-    Py_XDECREF(t->data);
-    t->data = NULL;
+    Py_CLEAR(t->data);
+    if (!t->table) { PyErr_SetString(PyExc_ValueError, "WordTable not initialised"); return NULL; }
+    if (n > UINT32_MAX - 1) { /* word offsets are uint32: the caller takes the line path */
+        PyErr_SetString(PyExc_ValueError, "lookup: data over 4 GiB");
+        return NULL;
+    }
     if (n_lines < 0 || split_words(t, d, n, n_lines) < 0) {
         if (n_lines < 0) PyErr_SetString(PyExc_ValueError, "n_lines must be >= 0");
         return NULL;
     }
-    if (t->n_pending || t->size > t->max_words || t->n_ids > t->max_ids)
+    if (t->n_pending || t->size > t->max_words || t->n_ids > t->max_ids || t->words_len > UINT32_MAX / 2)
         if (reset(t) < 0) return NULL; /* full, or fill() never came: start empty */
     int grew = find_all(t, d);
     if (grew < 0) return NULL;
@@ -289,32 +298,47 @@ static PyObject *WordTable_lookup(WordTable *t, PyObject *args) {
     return blob;
 }
 
+static inline int64_t count_at(const char *p, size_t k) {
+    int64_t v;
+    memcpy(&v, p + k * sizeof(int64_t), sizeof v);
+    return v;
+}
+
 static PyObject *WordTable_fill(WordTable *t, PyObject *args) {
     Py_buffer ids, counts;
     if (!PyArg_ParseTuple(args, "y*y*", &ids, &counts)) return NULL;
     PyObject *result = NULL;
     size_t n_words = (size_t)counts.len / sizeof(int64_t), n_new = (size_t)ids.len / sizeof(int32_t), total = 0;
-    const int64_t *c = counts.buf;
-    const int32_t *src = ids.buf;
+    const char *c_bytes = counts.buf, *src = ids.buf; /* read with memcpy: buffers need not be aligned */
+#define count_at(c_bytes, k) count_at(c_bytes, (k))
+    if (ids.len % (Py_ssize_t)sizeof(int32_t) || counts.len % (Py_ssize_t)sizeof(int64_t)) {
+        PyErr_SetString(PyExc_ValueError, "fill: ids must be int32 and counts int64");
+        goto done;
+    }
     if (!t->data || n_words != t->n_pending) {
         PyErr_Format(PyExc_ValueError, "fill: %zu counts for %zu pending words", n_words, t->data ? t->n_pending : 0);
         goto done;
     }
-    for (size_t k = 0; k < n_words; k++) {
-        if (c[k] < 1) { PyErr_SetString(PyExc_ValueError, "fill: a word with no ids"); goto done; }
-        total += (size_t)c[k];
+    size_t k = 0;
+    for (; k < n_words; k++) {
+        if (count_at(c_bytes, k) < 1) { PyErr_SetString(PyExc_ValueError, "fill: a word with no ids"); goto done; }
+        if ((uint64_t)count_at(c_bytes, k) > n_new - total) break; /* more ids than given (and no wrap-around) */
+        total += (size_t)count_at(c_bytes, k);
     }
-    if (total != n_new) { PyErr_Format(PyExc_ValueError, "fill: counts sum to %zu, %zu ids given", total, n_new); goto done; }
-    for (size_t k = 0; k < n_words; k++, src += c[k - 1]) {
-        Entry *e = &t->table[t->w_slot[t->pending[k]]];
-        e->n_ids = (uint32_t)c[k];
-        if (c[k] <= INLINE_IDS) {
-            memcpy(e->ids, src, (size_t)c[k] * sizeof(int32_t));
+    if (k < n_words || total != n_new) {
+        PyErr_Format(PyExc_ValueError, "fill: the counts do not sum to the %zu ids given", n_new);
+        goto done;
+    }
+    for (size_t w = 0; w < n_words; src += (size_t)count_at(c_bytes, w) * sizeof(int32_t), w++) {
+        Entry *e = &t->table[t->w_slot[t->pending[w]]];
+        e->n_ids = (uint32_t)count_at(c_bytes, w);
+        if (count_at(c_bytes, w) <= INLINE_IDS) {
+            memcpy(e->ids, src, (size_t)count_at(c_bytes, w) * sizeof(int32_t));
         } else {
-            if (grow((void **)&t->ids, &t->ids_cap, t->n_ids + (size_t)c[k], sizeof(int32_t)) < 0) goto done;
-            memcpy(t->ids + t->n_ids, src, (size_t)c[k] * sizeof(int32_t));
+            if (grow((void **)&t->ids, &t->ids_cap, t->n_ids + (size_t)count_at(c_bytes, w), sizeof(int32_t)) < 0) goto done;
+            memcpy(t->ids + t->n_ids, src, (size_t)count_at(c_bytes, w) * sizeof(int32_t));
             e->ids_off = (uint32_t)t->n_ids;
-            t->n_ids += (size_t)c[k];
+            t->n_ids += (size_t)count_at(c_bytes, w);
         }
     }
     t->n_pending = 0;
@@ -329,6 +353,7 @@ done:
 static PyObject *WordTable_emit(WordTable *t, PyObject *args) {
     long long eos;
     if (!PyArg_ParseTuple(args, "L", &eos)) return NULL;
+    if (eos > INT32_MAX) { PyErr_SetString(PyExc_ValueError, "emit: eos must fit int32"); return NULL; }
     if (!t->data || t->n_pending) {
         PyErr_SetString(PyExc_ValueError, "emit: no lookup, or its missing words not filled");
         return NULL;
@@ -417,7 +442,10 @@ static PyObject *hash_lines(PyObject *self, PyObject *args) {
     PyObject *out = NULL;
     const unsigned char *d = buf.buf;
     size_t n = (size_t)buf.len, line = 0, start = 0;
-    if (n_lines < 1) { PyErr_SetString(PyExc_ValueError, "hash_lines: n_lines must be >= 1"); goto done; }
+    if (n_lines < 1 || (size_t)n_lines > n + 1) { /* n bytes hold at most n + 1 lines */
+        PyErr_Format(PyExc_ValueError, "hash_lines: %zd lines expected, data holds another number", n_lines);
+        goto done;
+    }
     out = PyBytes_FromStringAndSize(NULL, n_lines * (Py_ssize_t)sizeof(uint64_t));
     if (!out) goto done;
     uint64_t *h = (uint64_t *)PyBytes_AS_STRING(out);
