@@ -135,7 +135,7 @@ class CompiledWordMemo:
 class WordMemo:
     """Encodes a chunk of lines with `sp` (a SentencePieceProcessor, no bos/eos), word by word.
 
-    An open-addressing table (linear probing, load <= 1/2) of three uint64 arrays: the key, the
+    An open-addressing table (linear probing, load <= 1/2) of three 64-bit arrays: the key, the
     check (word_keys) and the value, packed: where the word's ids start in `ids` << 24 | how many
     << 8 | the word's length in bytes (<= MAX_WORD_BYTES).
     """

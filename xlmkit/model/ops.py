@@ -228,9 +228,11 @@ def output_loss_sum(h: Tensor, weight: Tensor, bias: Tensor, targets: Tensor) ->
     On the CPU, when gradients are wanted, it is fused as the "linear cross-entropy" of Liger Kernel
     and of Wijmans et al. 2024 (Cut Your Losses): no fp32 copy of the (N, V) logits, no (N, V)
     log-softmax, no (N, V) pass in the backward, no bias broadcast into the output. With V=32k those
-    passes were ~20% of a CPU MLM training step. On GPUs, and without gradients, the plain
-    composition is used."""
-    if h.device.type == "cpu" and torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+    passes were ~20% of a CPU MLM training step. On GPUs, without gradients, and under torch.compile
+    (`train.compile`: the reused workspace buffers are side effects its tracing refuses, and inductor
+    fuses the composition itself), the plain composition is used."""
+    if h.device.type == "cpu" and torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad) \
+            and not torch.compiler.is_compiling():
         return _OutputLayerCrossEntropy.apply(h, weight, bias, targets, compute_dtype(h),
                                               max(1, 2**20 // max(1, weight.shape[0])))
     return F.cross_entropy(F.linear(h, weight, bias).float(), targets, reduction="sum")
