@@ -185,10 +185,11 @@ def line_hash(text: str) -> int:
 def line_hashes(texts: list[str] | list[bytes]) -> np.ndarray:
     """The dedup hash of each text (or of each line's UTF-8 bytes, which saves encoding them), as a
     uint64 array. With the compiled helper (xlmkit/data/_wordtable.c, MurmurHash3's 64-bit mixing):
-    the texts joined and hashed in one C call, ~20x faster than blake2b's call per line, which is the
-    fallback (where the helper was not built, or a text holds a line break). Either way the chance
-    that two different lines of a 100M-line corpus collide is about n^2 / 2^65 ~ 3e-4; the first
-    is not cryptographic, so lines crafted to collide could be taken for duplicates."""
+    the texts joined and hashed in one C call, ~3.5x faster than blake2b's call per line (0.09 s
+    against 0.33 s on 40 MB in 5000-line chunks), which is the fallback (where the helper was not
+    built, or a text holds a line break). Either way the chance that two different lines of a
+    100M-line corpus collide is about n^2 / 2^65 ~ 3e-4; the C hash is not cryptographic, so lines
+    crafted to collide could be taken for duplicates."""
     data = texts if texts and isinstance(texts[0], bytes) else list(map(str.encode, texts))
     if _hash_lines is not None and data:
         joined = b"\n".join(data)
