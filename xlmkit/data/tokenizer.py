@@ -410,15 +410,12 @@ class FastEncoder:
         self.tok = tok
         self.spm, self.special_re = _sentencepiece_from(tok)
         self._with_eos: dict[int, object] = {}  # eos id -> a SentencePiece processor that appends it
-        # encode_flat goes word by word through a memo (xlmkit.data.wordmemo) where that is exact: no
-        # piece holds a '▁' past its first character, so no piece spans two words
+        # encode_flat goes word by word through a memo (xlmkit.data.wordmemo) where that is exact
         self.memo = None
         if memo and self.spm is not None:
-            pieces = (self.spm.id_to_piece(i) for i in range(self.spm.get_piece_size()))
-            if not any(METASPACE in p[1:] for p in pieces):
-                from xlmkit.data.wordmemo import make_memo
+            from xlmkit.data.wordmemo import make_memo
 
-                self.memo = make_memo(self.spm)
+            self.memo = make_memo(self.spm)
 
     @property
     def engine(self) -> str:

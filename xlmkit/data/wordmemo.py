@@ -99,11 +99,17 @@ def pieces_starting_a_word(sp) -> np.ndarray:
 
 
 def make_memo(sp, max_words: int = 1 << 19, max_ids: int = 1 << 22):
-    """The compiled table where it was built (xlmkit/data/_wordtable.c), else the numpy one: same ids."""
+    """The compiled table where it was built (xlmkit/data/_wordtable.c), else the numpy one: same ids.
+    None where word by word would not be exact: a piece holding '▁' past its first character could
+    span two words."""
+    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+    if any("\u2581" in p[1:] for p in pieces):
+        return None
+    starts_word = np.array([p.startswith("\u2581") for p in pieces])
     try:
-        return CompiledWordMemo(sp, max_words, max_ids)
+        return CompiledWordMemo(sp, max_words, max_ids, starts_word)
     except ImportError:
-        return WordMemo(sp, max_words, max_ids)
+        return WordMemo(sp, max_words, max_ids, starts_word)
 
 
 class CompiledWordMemo:
@@ -111,11 +117,11 @@ class CompiledWordMemo:
     hash can mix two words up), stored and their ids copied in C; SentencePiece encodes the missing
     words here, a few hundred to a call (encode_word_groups)."""
 
-    def __init__(self, sp, max_words: int = 1 << 19, max_ids: int = 1 << 22):
+    def __init__(self, sp, max_words: int = 1 << 19, max_ids: int = 1 << 22, starts_word: np.ndarray | None = None):
         from xlmkit.data._wordtable import WordTable
 
         self.sp = sp
-        self.starts_word = pieces_starting_a_word(sp)
+        self.starts_word = pieces_starting_a_word(sp) if starts_word is None else starts_word
         self.table = WordTable(max_words, max_ids, MAX_WORD_BYTES, MAX_GROUP_BYTES)
 
     def __len__(self) -> int:
@@ -140,10 +146,11 @@ class WordMemo:
     << 8 | the word's length in bytes (<= MAX_WORD_BYTES).
     """
 
-    def __init__(self, sp, max_words: int = 1 << 19, max_ids: int = 1 << 22):
+    def __init__(self, sp, max_words: int = 1 << 19, max_ids: int = 1 << 22, starts_word: np.ndarray | None = None):
         self.sp = sp
         self.max_words, self.max_ids = max_words, max_ids
-        self.starts_word = pieces_starting_a_word(sp)  # a group's word boundaries in its ids
+        # a group's word boundaries in its ids
+        self.starts_word = pieces_starting_a_word(sp) if starts_word is None else starts_word
         # the table's final size from the start, so that slots found in a chunk stay valid (a chunk of
         # more than max_words words grows it)
         self._reset(1 << max(16, (2 * max_words - 1).bit_length()))
