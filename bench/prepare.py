@@ -133,7 +133,7 @@ tok = Tokenizer.from_file(tok_path)
 lines = [l.rstrip("\n") for p in paths for l in open(p, encoding="utf-8")]
 if engine == "sentencepiece":
     from xlmkit.data.tokenizer import FastEncoder
-    sp = FastEncoder(tok).spm
+    sp = FastEncoder(tok, memo=False).spm
     assert sp is not None, "not a tokenizer SentencePiece can encode (BPE?)"
     t, c = time.perf_counter(), time.process_time()
     ids = sp.encode(lines, out_type=int, num_threads=1)

@@ -58,21 +58,30 @@ typedef struct {
     size_t n_pending, pending_cap;
 } WordTable;
 
-static uint64_t hash_bytes(const unsigned char *p, size_t n) {
-    uint64_t h = 0xcbf29ce484222325ULL; /* FNV-1a over 8-byte lanes, then splitmix64's finaliser */
+/* The hash of a word (the table's key) and of a line (dedup, xlmkit.data.text.line_hashes): MurmurHash3's
+ * 64-bit mixing over 8-byte lanes and its finaliser. Not cryptographic (blake2b, the dedup fallback,
+ * is); for two given lines a collision has a chance of ~2^-64. Never 0: 0 marks an empty slot. */
+static inline uint64_t rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+
+static inline uint64_t fmix64(uint64_t k) {
+    k ^= k >> 33; k *= 0xff51afd7ed558ccdULL;
+    k ^= k >> 33; k *= 0xc4ceb9fe1a85ec53ULL;
+    return k ^ (k >> 33);
+}
+
+static uint64_t hash_line(const unsigned char *p, size_t n) {
+    const uint64_t c1 = 0x87c37b91114253d5ULL, c2 = 0x4cf5ad432745937fULL;
+    uint64_t h = 0x9e3779b97f4a7c15ULL, v;
     size_t i = 0;
     for (; i + 8 <= n; i += 8) {
-        uint64_t v;
         memcpy(&v, p + i, 8);
-        h = (h ^ v) * 0x100000001b3ULL;
-        h ^= h >> 29;
+        h ^= rotl64(v * c1, 31) * c2;
+        h = rotl64(h, 27) * 5 + 0x52dce729;
     }
-    uint64_t v = 0;
+    v = 0;
     memcpy(&v, p + i, n - i);
-    h = (h ^ v ^ ((uint64_t)n << 56)) * 0x100000001b3ULL;
-    h ^= h >> 30; h *= 0xbf58476d1ce4e5b9ULL;
-    h ^= h >> 27; h *= 0x94d049bb133111ebULL;
-    h ^= h >> 31;
+    h ^= rotl64(v * c1, 31) * c2;
+    h = fmix64(h ^ (uint64_t)n);
     return h ? h : 1;
 }
 
@@ -206,14 +215,14 @@ static int find_all(WordTable *t, const unsigned char *d) {
     size_t n = t->n_words;
     for (size_t k = 0; k < n && k < AHEAD; k++)
         if (storable(t, k)) {
-            hashes[k] = hash_bytes(d + t->w_start[k], t->w_len[k]);
+            hashes[k] = hash_line(d + t->w_start[k], t->w_len[k]);
             __builtin_prefetch(&t->table[hashes[k] & mask]);
         }
     for (size_t k = 0; k < n; k++) {
         uint64_t h = hashes[k % AHEAD];
         size_t ahead = k + AHEAD;
         if (ahead < n && storable(t, ahead)) {
-            hashes[ahead % AHEAD] = hash_bytes(d + t->w_start[ahead], t->w_len[ahead]);
+            hashes[ahead % AHEAD] = hash_line(d + t->w_start[ahead], t->w_len[ahead]);
             __builtin_prefetch(&t->table[hashes[ahead % AHEAD] & (t->cap - 1)]);
         }
         if (!storable(t, k)) { t->w_slot[k] = NO_SLOT; continue; }
@@ -274,7 +283,7 @@ static PyObject *WordTable_lookup(WordTable *t, PyObject *args) {
             if (t->w_slot[k] == NO_SLOT) continue;
             int found;
             const unsigned char *w = d + t->w_start[k];
-            t->w_slot[k] = (uint32_t)probe(t, w, t->w_len[k], hash_bytes(w, t->w_len[k]), &found);
+            t->w_slot[k] = (uint32_t)probe(t, w, t->w_len[k], hash_line(w, t->w_len[k]), &found);
         }
     size_t out_len = 0, group_len = 0;
     for (size_t p = 0; p < t->n_pending; p++) out_len += t->w_len[t->pending[p]] + 1;
@@ -406,33 +415,6 @@ done:
 }
 
 static Py_ssize_t WordTable_len(WordTable *t) { return (Py_ssize_t)t->size; }
-
-/* Line hashes for dedup (xlmkit.data.text.line_hashes): MurmurHash3's 64-bit mixing over 8-byte lanes
- * and its finaliser. Not cryptographic (blake2b, the fallback, is); for two given lines a collision
- * has a chance of ~2^-64. */
-static inline uint64_t rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
-
-static inline uint64_t fmix64(uint64_t k) {
-    k ^= k >> 33; k *= 0xff51afd7ed558ccdULL;
-    k ^= k >> 33; k *= 0xc4ceb9fe1a85ec53ULL;
-    return k ^ (k >> 33);
-}
-
-static uint64_t hash_line(const unsigned char *p, size_t n) {
-    const uint64_t c1 = 0x87c37b91114253d5ULL, c2 = 0x4cf5ad432745937fULL;
-    uint64_t h = 0x9e3779b97f4a7c15ULL, v;
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        memcpy(&v, p + i, 8);
-        h ^= rotl64(v * c1, 31) * c2;
-        h = rotl64(h, 27) * 5 + 0x52dce729;
-    }
-    v = 0;
-    memcpy(&v, p + i, n - i);
-    h ^= rotl64(v * c1, 31) * c2;
-    h = fmix64(h ^ (uint64_t)n);
-    return h ? h : 1; /* 0 marks an empty slot of HashSet64 */
-}
 
 static PyObject *hash_lines(PyObject *self, PyObject *args) {
     Py_buffer buf;
