@@ -86,7 +86,14 @@ def test_line_hashes_tell_apart_a_few_hundred_thousand_near_identical_lines():
     assert len(set(line_hashes(lines).tolist())) == len(set(lines))
 
 
-def test_hash_set_matches_a_python_set_across_batches_and_growth():
+@pytest.mark.parametrize("compiled", [True, False], ids=["C", "numpy"])
+def test_hash_set_matches_a_python_set_across_batches_and_growth(compiled, monkeypatch):
+    import xlmkit.data.text as text
+
+    if compiled and text._hashset_add is None:
+        pytest.skip("xlmkit/data/_wordtable.c not built")
+    if not compiled:
+        monkeypatch.setattr(text, "_hashset_add", None)
     rng = np.random.default_rng(0)
     hs, reference = HashSet64(capacity=16), set()
     for _ in range(40):
@@ -98,6 +105,21 @@ def test_hash_set_matches_a_python_set_across_batches_and_growth():
         assert hs.add(batch).tolist() == expected
     assert len(hs) == len(reference) and len(hs.table) >= 2 * len(hs)
     assert hs.add(np.zeros(0, dtype=np.uint64)).tolist() == []
+    assert hs.add(np.arange(1, 41, dtype=np.uint64)[::2]).tolist() == [x > 3000 for x in range(1, 41, 2)]
+
+
+def test_compiled_hash_set_insert_refuses_what_would_break_it():
+    hashset_add = pytest.importorskip("xlmkit.data._wordtable").hashset_add
+    table = np.zeros(8, dtype=np.uint64)
+    with pytest.raises(ValueError, match="more than half full"):
+        hashset_add(table, 0, np.arange(1, 6, dtype=np.uint64))
+    with pytest.raises(ValueError, match="0 is not a valid hash"):
+        hashset_add(table, 0, np.array([5, 0], dtype=np.uint64))
+    assert not table.any()  # refused before any insert
+    with pytest.raises(ValueError, match="power-of-two"):
+        hashset_add(np.zeros(6, dtype=np.uint64), 0, np.array([1], dtype=np.uint64))
+    mask, added = hashset_add(table, 0, np.array([9, 1, 9], dtype=np.uint64))  # 9 and 1 share slot 1
+    assert (list(mask), added) == ([1, 1, 0], 2) and sorted(table[table != 0].tolist()) == [1, 9]
 
 
 def test_read_lines_strips_endings_and_stops_at_max(tmp_path):

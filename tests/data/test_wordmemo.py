@@ -157,6 +157,31 @@ def test_the_c_table_contract_and_its_errors():
     assert flat == b"" and np.frombuffer(lengths, "<i8").tolist() == [0] and bad == [0]
 
 
+def test_the_c_table_fills_from_sentencepiece_lists():
+    """fill_groups: each group's ids (Python lists, as SentencePiece gives them) split at the pieces
+    that start a word. A group whose pieces do not split into its words gives False and stores
+    nothing (the caller then encodes word by word); malformed input is an error."""
+    WordTable = pytest.importorskip("xlmkit.data._wordtable", reason="the C word table was not built").WordTable
+    starts = bytes([0, 1, 0, 1])  # pieces 1 and 3 start a word
+    t = WordTable(10, 100, 200, 3)
+    assert t.lookup(b"a b\nc a", 2) == b"a b\nc"  # groups "a b" and "c"
+    with pytest.raises(ValueError, match="1 groups for 2"):
+        t.fill_groups([[1, 3]], starts)
+    with pytest.raises(ValueError, match="out of range"):
+        t.fill_groups([[1, 4], [3]], starts)
+    with pytest.raises(TypeError, match="must be a list"):
+        t.fill_groups([(1, 3), [3]], starts)
+    assert t.fill_groups([[1, 2, 2], [3]], starts) is False  # "a b" gave one word start, not two
+    assert t.fill_groups([[2, 1], [3]], starts) is False  # the group's first piece does not start a word
+    assert t.fill_groups([[1, 3, 3], [3]], starts) is False  # three word starts for two words
+    with pytest.raises(ValueError, match="not filled"):
+        t.emit(EOS)  # nothing stored: still pending
+    assert t.fill_groups([[1, 2, 2, 3], [3, 0]], starts) is True
+    flat, lengths, bad = t.emit(EOS)
+    assert np.frombuffer(flat, "<i4").tolist() == [1, 2, 2, 3, EOS, 3, 0, 1, 2, 2, EOS]
+    assert np.frombuffer(lengths, "<i8").tolist() == [5, 6] and bad == []
+
+
 def test_the_c_helpers_refuse_sizes_that_would_overflow():
     """Found by review under AddressSanitizer: counts that wrap around 2^64, a line count past what
     the data can hold, __init__ again between lookup and emit; each a ValueError now."""

@@ -7,15 +7,19 @@
  *                                    # -> the distinct words not in the table (each <= max_word_bytes),
  *                                    # joined by ' ', a '\n' closing each group of >= group_bytes; they
  *                                    # are now pending. ValueError if data does not hold n_lines lines.
- *   t.fill(ids, counts)              # int32 ids and int64 ids per word of the pending words, blob order
+ *   t.fill_groups(lists, starts_word)# SentencePiece's ids of each group (lists of int), split into its
+ *                                    # words where starts_word[id]; False, nothing stored, if they do not split
+ *   t.fill(ids, counts)              # or: int32 ids and int64 ids per word of the pending words, blob order
  *   flat, lengths, bad = t.emit(eos) # of the last lookup's data: int32 ids (eos after each line unless
  *                                    # eos < 0), int64 ids per line, the lines left to the caller
  *
  * A line holding an empty word (two spaces, a space at its edge) or a word over max_word_bytes is
  * "bad": no ids are written for it (length 0) and the caller encodes it otherwise. Past max_words
  * words or max_ids ids the table starts empty at the next lookup (the output does not depend on it).
- * Speed comes from memory access: a word's bytes (up to 16) and ids (up to 2) sit in its slot, the
- * slots of the words ahead are prefetched, and each word is looked up once per chunk.
+ * Speed comes from memory access: a word's bytes (up to 12) and ids (up to 2) sit in its 32-byte slot,
+ * the slots of the words ahead are prefetched, and each word is looked up once per chunk.
+ *
+ * Also here: hash_lines (the dedup hash of each line) and hashset_add (HashSet64's insert).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -23,21 +27,29 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define PENDING UINT32_MAX
+#define PENDING UINT16_MAX
+#define MAX_WORD_IDS (UINT16_MAX - 1)
 #define NO_SLOT UINT32_MAX
-#define INLINE_BYTES 16
+#define INLINE_BYTES 12
 #define INLINE_IDS 2
 #define AHEAD 16 /* words looked ahead for prefetching */
 
+/* 32 bytes, two to a 64-byte cache line (the table is aligned to 64): a probe of a word of up to 12
+ * bytes with up to 2 ids touches one line. (48-byte slots straddled two lines half of the time.) */
 typedef struct {
     uint64_t hash; /* 0: empty slot */
-    uint32_t word_len;
-    uint32_t n_ids; /* PENDING until fill() */
-    uint32_t word_off; /* in words, when word_len > INLINE_BYTES */
-    uint32_t ids_off; /* in ids, when n_ids > INLINE_IDS */
-    int32_t ids[INLINE_IDS];
-    unsigned char head[INLINE_BYTES];
+    uint16_t word_len;
+    uint16_t n_ids; /* PENDING until fill() */
+    union {
+        int32_t ids[INLINE_IDS]; /* n_ids <= INLINE_IDS */
+        uint32_t ids_off; /* else where they start in ids */
+    };
+    union {
+        unsigned char head[INLINE_BYTES]; /* word_len <= INLINE_BYTES */
+        uint32_t word_off; /* else where it starts in words */
+    };
 } Entry;
+_Static_assert(sizeof(Entry) == 32, "two slots to a cache line");
 
 typedef struct {
     PyObject_HEAD
@@ -56,6 +68,11 @@ typedef struct {
     size_t n_words, w_cap;
     size_t *pending; /* word indices of the pending words, blob order */
     size_t n_pending, pending_cap;
+    size_t *group_words; /* words per group of the last blob */
+    size_t n_groups, groups_cap;
+    int32_t *scratch_ids; /* fill_groups: the ids and counts checked before any is stored */
+    int64_t *scratch_counts;
+    size_t scratch_ids_cap, scratch_counts_cap;
 } WordTable;
 
 /* The hash of a word (the table's key) and of a line (dedup, xlmkit.data.text.line_hashes): MurmurHash3's
@@ -99,10 +116,16 @@ static int grow(void **buf, size_t *cap, size_t need, size_t item) {
     return 0;
 }
 
+static Entry *new_slots(size_t n) { /* zeroed, cache-line aligned */
+    void *p = NULL;
+    if (n > SIZE_MAX / sizeof(Entry) || posix_memalign(&p, 64, n * sizeof(Entry)) != 0) return NULL;
+    return memset(p, 0, n * sizeof(Entry));
+}
+
 static int reset(WordTable *t) {
     free(t->table);
-    t->cap = 1 << 14;
-    t->table = calloc(t->cap, sizeof(Entry));
+    t->cap = 1 << 16;
+    t->table = new_slots(t->cap);
     if (!t->table) { PyErr_NoMemory(); return -1; }
     t->size = t->words_len = t->n_ids = t->n_pending = 0;
     return 0;
@@ -126,7 +149,7 @@ static inline size_t probe(const WordTable *t, const unsigned char *w, size_t n,
 static int rehash(WordTable *t, size_t cap) {
     Entry *old = t->table;
     size_t old_cap = t->cap;
-    t->table = calloc(cap, sizeof(Entry));
+    t->table = new_slots(cap);
     if (!t->table) { t->table = old; PyErr_NoMemory(); return -1; }
     t->cap = cap;
     for (size_t i = 0; i < old_cap; i++) {
@@ -161,6 +184,9 @@ static void WordTable_dealloc(WordTable *t) {
     free(t->words);
     free(t->ids);
     free(t->pending);
+    free(t->group_words);
+    free(t->scratch_ids);
+    free(t->scratch_counts);
     free(t->w_start);
     free(t->w_len);
     free(t->w_slot);
@@ -291,12 +317,19 @@ static PyObject *WordTable_lookup(WordTable *t, PyObject *args) {
     if (!blob) return NULL;
     char *out = PyBytes_AS_STRING(blob);
     size_t pos = 0;
+    t->n_groups = 0;
+    if (grow((void **)&t->group_words, &t->groups_cap, t->n_pending + 1, sizeof(size_t)) < 0) {
+        Py_DECREF(blob);
+        return NULL;
+    }
     for (size_t p = 0; p < t->n_pending; p++) {
         size_t k = t->pending[p], len = t->w_len[k];
         if (p > 0) { /* the separator before this word: a group of >= group_bytes ends with '\n' */
             out[pos++] = group_len >= t->group_bytes ? '\n' : ' ';
             if (out[pos - 1] == '\n') group_len = 0;
         }
+        if (group_len == 0) t->group_words[t->n_groups++] = 0;
+        t->group_words[t->n_groups - 1]++;
         memcpy(out + pos, d + t->w_start[k], len);
         pos += len;
         group_len += len + 1;
@@ -313,13 +346,34 @@ static inline int64_t count_at(const char *p, size_t k) {
     return v;
 }
 
+/* Store the checked ids of the pending words (src: their int32 ids one after another, counts: int64
+ * ids per word, both possibly unaligned, `total` ids in all); they are no longer pending. The room
+ * for the long ones is made first, so that a failed allocation stores nothing. */
+static int store_ids(WordTable *t, const char *src, const char *counts, size_t n_words, size_t total) {
+    if (grow((void **)&t->ids, &t->ids_cap, t->n_ids + total, sizeof(int32_t)) < 0) return -1;
+    for (size_t w = 0; w < n_words; w++) {
+        size_t c = (size_t)count_at(counts, w);
+        Entry *e = &t->table[t->w_slot[t->pending[w]]];
+        e->n_ids = (uint32_t)c;
+        if (c <= INLINE_IDS) {
+            memcpy(e->ids, src, c * sizeof(int32_t));
+        } else {
+            memcpy(t->ids + t->n_ids, src, c * sizeof(int32_t));
+            e->ids_off = (uint32_t)t->n_ids;
+            t->n_ids += c;
+        }
+        src += c * sizeof(int32_t);
+    }
+    t->n_pending = 0;
+    return 0;
+}
+
 static PyObject *WordTable_fill(WordTable *t, PyObject *args) {
     Py_buffer ids, counts;
     if (!PyArg_ParseTuple(args, "y*y*", &ids, &counts)) return NULL;
     PyObject *result = NULL;
     size_t n_words = (size_t)counts.len / sizeof(int64_t), n_new = (size_t)ids.len / sizeof(int32_t), total = 0;
     const char *c_bytes = counts.buf, *src = ids.buf; /* read with memcpy: buffers need not be aligned */
-#define count_at(c_bytes, k) count_at(c_bytes, (k))
     if (ids.len % (Py_ssize_t)sizeof(int32_t) || counts.len % (Py_ssize_t)sizeof(int64_t)) {
         PyErr_SetString(PyExc_ValueError, "fill: ids must be int32 and counts int64");
         goto done;
@@ -331,6 +385,7 @@ static PyObject *WordTable_fill(WordTable *t, PyObject *args) {
     size_t k = 0;
     for (; k < n_words; k++) {
         if (count_at(c_bytes, k) < 1) { PyErr_SetString(PyExc_ValueError, "fill: a word with no ids"); goto done; }
+        if (count_at(c_bytes, k) > MAX_WORD_IDS) { PyErr_SetString(PyExc_ValueError, "fill: a word with over 65534 ids"); goto done; }
         if ((uint64_t)count_at(c_bytes, k) > n_new - total) break; /* more ids than given (and no wrap-around) */
         total += (size_t)count_at(c_bytes, k);
     }
@@ -338,24 +393,65 @@ static PyObject *WordTable_fill(WordTable *t, PyObject *args) {
         PyErr_Format(PyExc_ValueError, "fill: the counts do not sum to the %zu ids given", n_new);
         goto done;
     }
-    for (size_t w = 0; w < n_words; src += (size_t)count_at(c_bytes, w) * sizeof(int32_t), w++) {
-        Entry *e = &t->table[t->w_slot[t->pending[w]]];
-        e->n_ids = (uint32_t)count_at(c_bytes, w);
-        if (count_at(c_bytes, w) <= INLINE_IDS) {
-            memcpy(e->ids, src, (size_t)count_at(c_bytes, w) * sizeof(int32_t));
-        } else {
-            if (grow((void **)&t->ids, &t->ids_cap, t->n_ids + (size_t)count_at(c_bytes, w), sizeof(int32_t)) < 0) goto done;
-            memcpy(t->ids + t->n_ids, src, (size_t)count_at(c_bytes, w) * sizeof(int32_t));
-            e->ids_off = (uint32_t)t->n_ids;
-            t->n_ids += (size_t)count_at(c_bytes, w);
-        }
-    }
-    t->n_pending = 0;
+    if (store_ids(t, src, c_bytes, n_words, total) < 0) goto done;
     result = Py_None;
     Py_INCREF(result);
 done:
     PyBuffer_Release(&ids);
     PyBuffer_Release(&counts);
+    return result;
+}
+
+/* fill() from SentencePiece's own output for the blob's groups (a list with a list of int ids per group):
+ * each group's ids split into its words where a piece starts a word (starts_word[id] != 0), so that no
+ * array is built in Python. False, nothing stored, where a group's pieces do not split into its
+ * words (the caller encodes word by word and calls fill). */
+static PyObject *WordTable_fill_groups(WordTable *t, PyObject *args) {
+    PyObject *groups;
+    Py_buffer sw;
+    if (!PyArg_ParseTuple(args, "O!y*", &PyList_Type, &groups, &sw)) return NULL;
+    PyObject *result = NULL;
+    const unsigned char *starts_word = sw.buf;
+    size_t n_pieces = (size_t)sw.len, n_ids = 0, n_words = 0;
+    if (!t->data || (size_t)PyList_GET_SIZE(groups) != t->n_groups) {
+        PyErr_Format(PyExc_ValueError, "fill_groups: %zd groups for %zu", PyList_GET_SIZE(groups), t->data ? t->n_groups : 0);
+        goto done;
+    }
+    for (size_t g = 0; g < t->n_groups; g++) {
+        PyObject *ids = PyList_GET_ITEM(groups, g);
+        if (!PyList_Check(ids)) { PyErr_SetString(PyExc_TypeError, "fill_groups: a group's ids must be a list"); goto done; }
+        size_t n = (size_t)PyList_GET_SIZE(ids), words = 0;
+        if (grow((void **)&t->scratch_ids, &t->scratch_ids_cap, n_ids + n, sizeof(int32_t)) < 0) goto done;
+        if (grow((void **)&t->scratch_counts, &t->scratch_counts_cap, n_words + t->group_words[g], sizeof(int64_t)) < 0) goto done;
+        for (size_t i = 0; i < n; i++) {
+            long id = PyLong_AsLong(PyList_GET_ITEM(ids, i));
+            if (id == -1 && PyErr_Occurred()) goto done;
+            if (id < 0 || (size_t)id >= n_pieces) { PyErr_SetString(PyExc_ValueError, "fill_groups: an id out of range"); goto done; }
+            if (starts_word[id]) {
+                if (++words > t->group_words[g]) break;
+                t->scratch_counts[n_words + words - 1] = 0;
+            } else if (words == 0) {
+                break; /* the group's first piece does not start a word */
+            }
+            t->scratch_ids[n_ids + i] = (int32_t)id;
+            if (++t->scratch_counts[n_words + words - 1] > MAX_WORD_IDS) {
+                PyErr_SetString(PyExc_ValueError, "fill_groups: a word with over 65534 ids");
+                goto done;
+            }
+        }
+        if (words != t->group_words[g]) {
+            result = Py_False; /* pieces across words (a '▁' inside an unknown piece, say) */
+            Py_INCREF(result);
+            goto done;
+        }
+        n_ids += n;
+        n_words += words;
+    }
+    if (store_ids(t, (const char *)t->scratch_ids, (const char *)t->scratch_counts, n_words, n_ids) < 0) goto done;
+    result = Py_True;
+    Py_INCREF(result);
+done:
+    PyBuffer_Release(&sw);
     return result;
 }
 
@@ -446,7 +542,62 @@ done:
     return out;
 }
 
+/* The insert of xlmkit.data.text.HashSet64: table, a writable array of uint64 (a power of two long, 0
+ * = empty slot, linear probing) holding `size` keys; the non-zero hashes inserted in order. -> (uint8
+ * per hash: 1 where it was not in the table before, nor earlier in the batch; how many were new).
+ * The caller keeps the table at most half full (checked here: a full table would never end a probe). */
+static PyObject *hashset_add(PyObject *self, PyObject *args) {
+    Py_buffer table, hashes;
+    Py_ssize_t size;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "w*ny*", &table, &size, &hashes)) return NULL;
+    PyObject *out = NULL;
+    size_t cap = (size_t)table.len / sizeof(uint64_t), n = (size_t)hashes.len / sizeof(uint64_t), added = 0;
+    if (table.len % (Py_ssize_t)sizeof(uint64_t) || hashes.len % (Py_ssize_t)sizeof(uint64_t) || cap == 0
+        || (cap & (cap - 1)) || ((uintptr_t)table.buf % sizeof(uint64_t))) {
+        PyErr_SetString(PyExc_ValueError, "hashset_add: the table must be an aligned uint64 array of a power-of-two "
+                                          "length and the hashes uint64");
+        goto done;
+    }
+    if (size < 0 || (size_t)size > cap / 2 || n > cap / 2 - (size_t)size) {
+        PyErr_SetString(PyExc_ValueError, "hashset_add: the table would be more than half full");
+        goto done;
+    }
+    const char *h_bytes = hashes.buf;
+    for (size_t i = 0; i < n; i++) { /* checked before any is inserted: an error leaves the table as it was */
+        uint64_t h;
+        memcpy(&h, h_bytes + i * sizeof h, sizeof h);
+        if (h == 0) {
+            PyErr_SetString(PyExc_ValueError, "hashset_add: 0 is not a valid hash (it marks an empty slot)");
+            goto done;
+        }
+    }
+    out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
+    if (!out) goto done;
+    uint64_t *slots = table.buf, mask = cap - 1;
+    unsigned char *is_new = (unsigned char *)PyBytes_AS_STRING(out);
+    for (size_t i = 0; i < n; i++) {
+        uint64_t h, ahead;
+        memcpy(&h, h_bytes + i * sizeof h, sizeof h);
+        if (i + AHEAD < n) {
+            memcpy(&ahead, h_bytes + (i + AHEAD) * sizeof ahead, sizeof ahead);
+            __builtin_prefetch(&slots[ahead & mask]);
+        }
+        size_t s = (size_t)(h & mask);
+        while (slots[s] != 0 && slots[s] != h) s = (s + 1) & mask;
+        is_new[i] = slots[s] == 0;
+        if (is_new[i]) { slots[s] = h; added++; }
+    }
+    PyObject *r = Py_BuildValue("(Nn)", out, (Py_ssize_t)added);
+    out = r;
+done:
+    PyBuffer_Release(&table);
+    PyBuffer_Release(&hashes);
+    return out;
+}
+
 static PyMethodDef module_methods[] = {
+    {"hashset_add", hashset_add, METH_VARARGS, "insert uint64 hashes into a HashSet64 table: (is_new per hash, how many)"},
     {"hash_lines", hash_lines, METH_VARARGS, "uint64 dedup hash of each line of data (n_lines lines joined by '\\n')"},
     {NULL, NULL, 0, NULL},
 };
@@ -454,6 +605,7 @@ static PyMethodDef module_methods[] = {
 static PyMethodDef WordTable_methods[] = {
     {"lookup", (PyCFunction)WordTable_lookup, METH_VARARGS, "find the words of data; the missing ones, now pending"},
     {"fill", (PyCFunction)WordTable_fill, METH_VARARGS, "the ids of the pending words"},
+    {"fill_groups", (PyCFunction)WordTable_fill_groups, METH_VARARGS, "the ids of the pending words, from SentencePiece's lists per group"},
     {"emit", (PyCFunction)WordTable_emit, METH_VARARGS, "(ids, ids per line, bad lines) of the last lookup"},
     {NULL, NULL, 0, NULL},
 };

@@ -203,8 +203,9 @@ def line_hashes(texts: list[str] | list[bytes]) -> np.ndarray:
 
 try:
     from xlmkit.data._wordtable import hash_lines as _hash_lines
-except ImportError:  # not built: blake2b
-    _hash_lines = None
+    from xlmkit.data._wordtable import hashset_add as _hashset_add
+except ImportError:  # not built: blake2b, and HashSet64's numpy inserts
+    _hash_lines = _hashset_add = None
 _blake2b_8 = functools.partial(hashlib.blake2b, digest_size=8)
 
 
@@ -214,7 +215,8 @@ class HashSet64:
     Dedup is the one part of the pipeline whose memory grows with the corpus: it must remember every
     distinct line. Here that costs 8 bytes per slot at a load of 1/4 to 1/2 (16-32 bytes per distinct
     line; 100M lines ~ 2-3 GB) against ~70 bytes per line for a Python set of ints. Batches are
-    inserted with vectorised probing, so the per-line cost is a few numpy operations per batch.
+    inserted in C where xlmkit/data/_wordtable.c was built (prefetching the slots ahead), else with
+    vectorised numpy probing (a few numpy operations per batch); the same answers either way.
     """
 
     def __init__(self, capacity: int = 1 << 16):
@@ -227,10 +229,16 @@ class HashSet64:
     def add(self, hashes: np.ndarray) -> np.ndarray:
         """Insert a batch; return a mask, True where the hash was not seen before (in earlier batches
         or earlier in this batch)."""
-        hashes = np.asarray(hashes, dtype=np.uint64)
+        hashes = np.ascontiguousarray(hashes, dtype=np.uint64)
         is_new = np.zeros(len(hashes), dtype=bool)
         if len(hashes) == 0:
             return is_new
+        if _hashset_add is not None:
+            while 2 * (self.size + len(hashes)) > len(self.table):
+                self._grow()
+            mask, added = _hashset_add(self.table, self.size, hashes)
+            self.size += added
+            return np.frombuffer(mask, dtype=bool).copy()
         keys, first = np.unique(hashes, return_index=True)
         while 2 * (self.size + len(keys)) > len(self.table):
             self._grow()
@@ -263,7 +271,10 @@ class HashSet64:
         old = self.table[self.table != 0]
         self.table = np.zeros(2 * len(self.table), dtype=np.uint64)
         self.size = 0
-        self._insert(old)
+        if _hashset_add is not None:
+            self.size = _hashset_add(self.table, 0, old)[1]
+        else:
+            self._insert(old)
 
 
 def read_lines(path: str | Path, max_lines: int = 0, skip_bad_lines: bool = False) -> Iterator[str | None]:

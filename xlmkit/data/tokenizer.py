@@ -424,11 +424,13 @@ class FastEncoder:
     def encode(self, lines: list[str]) -> list[list[int]]:
         return self._encode(lines, None)
 
-    def encode_flat(self, lines: list[str], eos: int | None = None, dtype="int64") -> tuple[np.ndarray, np.ndarray]:
+    def encode_flat(self, lines: list[str], eos: int | None = None, dtype="int64", data: bytes | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
         """-> (every line's ids one after another, each followed by `eos` when given; the number of ids
-        per line, eos included): the shards' form."""
+        per line, eos included): the shards' form. `data`, where the caller has it, is
+        '\\n'.join(lines) in UTF-8 (the memo's input: the pipeline's workers read the lines as such bytes)."""
         if self.memo is not None and lines:
-            out = self._encode_flat_memo(lines, eos)
+            out = self._encode_flat_memo(lines, eos, data)
             if out is not None:
                 return out[0].astype(dtype), out[1]
         ids = self._encode(lines, eos)
@@ -438,15 +440,21 @@ class FastEncoder:
         flat = list(itertools.chain.from_iterable(ids))
         return np.frombuffer(struct.pack(f"<{len(flat)}q", *flat), dtype="<i8").astype(dtype), lengths
 
-    def _encode_flat_memo(self, lines: list[str], eos: int | None) -> tuple[np.ndarray, np.ndarray] | None:
-        """encode_flat through the word memo; the lines it cannot take (special-token text, over
-        MAX_EXACT_CHARS, empty words, very long words) are encoded by `_encode` and spliced in.
-        None where a line holds a line break (the memo's input is the lines joined by '\n')."""
+    def _encode_flat_memo(self, lines: list[str], eos: int | None, data: bytes | None = None
+                          ) -> tuple[np.ndarray, np.ndarray] | None:
+        """encode_flat through the word memo; the lines it cannot take (special-token text, empty
+        words, very long words) are encoded by `_encode` and spliced in. Long lines need no such care
+        here: the memo's SentencePiece calls hold a few hundred words at most, within float32's exact
+        sums (MAX_EXACT_CHARS). None where a line holds a line break (the memo's input is the lines
+        joined by '\n')."""
+        if data is None:
+            data = "\n".join(lines).encode("utf-8")
         try:
-            flat, lengths, bad = self.memo.encode("\n".join(lines).encode("utf-8"), len(lines), eos)
+            flat, lengths, bad = self.memo.encode(data, len(lines), eos)
         except ValueError:
             return None
-        redo = sorted(set(bad.tolist()) | set(self._tokenizers_lines(lines)))
+        special = [] if b"<" not in data else self._special_lines(lines)
+        redo = sorted(set(bad.tolist()) | set(special))
         if not redo:
             return flat, lengths
         ids = self._encode([lines[i] for i in redo], eos)
@@ -483,11 +491,16 @@ class FastEncoder:
             self._with_eos[eos] = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
         return self._with_eos[eos]
 
+    def _special_lines(self, lines: list[str]) -> list[int]:
+        """Indices of the lines holding the text of a special token or byte piece, found by C-level
+        scans: a Python test per line costs ~0.1 us, ~1% of encoding."""
+        return [i for i in itertools.compress(range(len(lines)), map(operator.contains, lines, itertools.repeat("<")))
+                if self.special_re.search(lines[i])]
+
     def _tokenizers_lines(self, lines: list[str]) -> list[int]:
         """Indices of the lines `tokenizers` must encode (special-token text, or too long for exact
-        float32 sums), found by C-level scans: a Python test per line costs ~0.1 us, ~1% of encoding."""
-        out = [i for i in itertools.compress(range(len(lines)), map(operator.contains, lines, itertools.repeat("<")))
-               if self.special_re.search(lines[i])]
+        float32 sums)."""
+        out = self._special_lines(lines)
         if lines and max(map(len, lines)) > MAX_EXACT_CHARS:
             out = sorted(set(out) | {i for i, line in enumerate(lines) if len(line) > MAX_EXACT_CHARS})
         return out
