@@ -38,6 +38,7 @@ import tempfile
 import time
 import zlib
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -848,7 +849,10 @@ def reuse_tokenizer(path: str | Path, languages: list[str]) -> ReusedTokenizer:
 
 def input_stamp(sources: list[Source], cfg: PrepareConfig) -> tuple[str, dict[Path, str]]:
     """sha256 of (format, pipeline version, output-relevant settings, input file hashes); and the file hashes."""
-    hashes = {p: file_sha256_cached(p) for s in sources for p in s.files}
+    files = list(dict.fromkeys(p for s in sources for p in s.files))
+    # hashlib lets go of the GIL while it hashes a block: the files are hashed side by side
+    with ThreadPoolExecutor(max(1, min(cfg.workers, len(files)))) as pool:
+        hashes = dict(zip(files, pool.map(file_sha256_cached, files)))
     settings = {k: v for k, v in config_to_dict(cfg).items() if k not in _NON_OUTPUT_SETTINGS}
     key = {"format": FORMAT, "version": FORMAT_VERSION, "pipeline": PIPELINE_VERSION, "settings": settings,
            "inputs": [[s.kind, s.name, [hashes[p] for p in s.files]] for s in sources]}

@@ -408,14 +408,14 @@ class FastEncoder:
 
     def __init__(self, tok, memo: bool = True):
         self.tok = tok
-        self.spm, self.special_re = _sentencepiece_from(tok)
+        self.spm, self.special_re, pieces = _sentencepiece_from(tok)
         self._with_eos: dict[int, object] = {}  # eos id -> a SentencePiece processor that appends it
         # encode_flat goes word by word through a memo (xlmkit.data.wordmemo) where that is exact
         self.memo = None
         if memo and self.spm is not None:
             from xlmkit.data.wordmemo import make_memo
 
-            self.memo = make_memo(self.spm)
+            self.memo = make_memo(self.spm, pieces=pieces)
 
     @property
     def engine(self) -> str:
@@ -507,43 +507,45 @@ class FastEncoder:
 
 
 def _sentencepiece_from(tok):
-    """(SentencePieceProcessor, regex of special-token texts) equivalent to `tok` on clean text, or (None, None)."""
+    """(SentencePieceProcessor, regex of special-token texts, pieces by id) equivalent to `tok` on clean
+    text, or (None, None, None)."""
     data = json.loads(tok.to_str())
     model, pre = data.get("model") or {}, data.get("pre_tokenizer") or {}
     if model.get("type") != "Unigram" or data.get("post_processor") is not None:
-        return None, None
+        return None, None, None
     if not (pre.get("type") == "Metaspace" and pre.get("replacement") == METASPACE
             and pre.get("prepend_scheme") == "always" and pre.get("split", True)):
-        return None, None
+        return None, None, None
     ours = [json.loads(json.dumps(_normalizer_json(lower, acc))) for lower in (False, True) for acc in (False, True)]
     if data.get("normalizer") not in ours:
-        return None, None
+        return None, None, None
     try:
         import sentencepiece as spm
         from sentencepiece import sentencepiece_model_pb2 as pb
     except ImportError:
-        return None, None
+        return None, None, None
     added = {t["content"] for t in data.get("added_tokens", [])}
     unk_id, byte_fallback = model.get("unk_id"), bool(model.get("byte_fallback"))
-    if unk_id is None:
-        return None, None
+    if unk_id is None or not 0 <= unk_id < len(model.get("vocab") or ()):
+        return None, None, None
     Piece = pb.ModelProto.SentencePiece
+    pieces = [piece for piece, _ in model["vocab"]]
+    scores = np.array([score for _, score in model["vocab"]], dtype=np.float64)
+    types = np.full(len(pieces), Piece.NORMAL)
+    types[[i for i, piece in enumerate(pieces) if piece in added]] = Piece.CONTROL
+    if byte_fallback:
+        types[[i for i, piece in enumerate(pieces)
+               if piece.startswith("<0x") and piece not in added and _BYTE_PIECE.fullmatch(piece)]] = Piece.BYTE
+    types[unk_id] = Piece.UNKNOWN  # the precedence of the rules: unknown, then added (control), then byte
+    # only scores on xlmkit's grid (float32 holds them and their sums exactly): others would round
+    # differently in SentencePiece's float32 than in tokenizers' float64
+    normal = scores[types == Piece.NORMAL]
+    if not ((normal.astype(np.float32) == normal).all() and (np.round(normal / SCORE_QUANTUM) * SCORE_QUANTUM == normal).all()
+            and (normal >= -50).all()):
+        return None, None, None
     proto = pb.ModelProto()
-    for i, (piece, score) in enumerate(model["vocab"]):
-        p = proto.pieces.add()
-        p.piece, p.score = piece, score
-        if i == unk_id:
-            p.type = Piece.UNKNOWN
-        elif piece in added:
-            p.type = Piece.CONTROL
-        elif byte_fallback and _BYTE_PIECE.fullmatch(piece):
-            p.type = Piece.BYTE
-        else:
-            p.type = Piece.NORMAL
-            # only scores on xlmkit's grid (float32 holds them and their sums exactly): others would
-            # round differently in SentencePiece's float32 than in tokenizers' float64
-            if p.score != score or score != round(score / SCORE_QUANTUM) * SCORE_QUANTUM or score < -50:
-                return None, None
+    proto.pieces.extend(Piece(piece=piece, score=score, type=int(kind))
+                        for piece, score, kind in zip(pieces, scores.tolist(), types.tolist()))
     spec = proto.trainer_spec
     spec.model_type, spec.vocab_size, spec.byte_fallback = pb.TrainerSpec.UNIGRAM, len(model["vocab"]), byte_fallback
     spec.unk_id, spec.bos_id, spec.eos_id, spec.pad_id = unk_id, -1, -1, -1
@@ -551,7 +553,7 @@ def _sentencepiece_from(tok):
     norm.name, norm.add_dummy_prefix, norm.remove_extra_whitespaces, norm.escape_whitespaces = "identity", True, False, True
     sp = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
     texts = sorted(added) + (["<0x"] if byte_fallback else [])
-    return sp, re.compile("|".join(re.escape(t) for t in texts) if texts else r"(?!)")
+    return sp, re.compile("|".join(re.escape(t) for t in texts) if texts else r"(?!)"), pieces
 
 
 def _normalizer_json(lowercase: bool, strip_accents: bool) -> dict:

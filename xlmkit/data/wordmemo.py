@@ -98,11 +98,13 @@ def pieces_starting_a_word(sp) -> np.ndarray:
     return np.array([sp.id_to_piece(i).startswith("\u2581") for i in range(sp.get_piece_size())])
 
 
-def make_memo(sp, max_words: int = 1 << 19, max_ids: int = 1 << 22):
+def make_memo(sp, max_words: int = 1 << 19, max_ids: int = 1 << 22, pieces: list[str] | None = None):
     """The compiled table where it was built (xlmkit/data/_wordtable.c), else the numpy one: same ids.
     None where word by word would not be exact: a piece holding '▁' past its first character could
-    span two words."""
-    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+    span two words. `pieces`, where the caller has them, are sp's pieces by id (saves asking sp for
+    each: ~15 ms at 8000)."""
+    if pieces is None:
+        pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
     if any("\u2581" in p[1:] for p in pieces):
         return None
     starts_word = np.array([p.startswith("\u2581") for p in pieces])
