@@ -136,3 +136,27 @@ def test_invalid_utf8_names_file_and_line(tmp_path):
     with pytest.raises(DataError, match=r"bad\.txt:3: invalid UTF-8"):
         list(read_lines(p))
     assert list(read_lines(p, skip_bad_lines=True)) == ["ok", "still ok", None, "fine"]
+
+
+def test_compiled_cleaning_scan_matches_the_numpy_one():
+    """clean_lines' one-pass C scan (odd characters, spaces to collapse) against the numpy passes it
+    replaces, on random text dense in what it looks for: whitespace and controls of every width."""
+    import random
+
+    import xlmkit.data.text as text
+
+    if text._odd_lines_c is None:
+        pytest.skip("xlmkit/data/_wordtable.c not built")
+    rng = random.Random(1)
+    alphabet = ["a", "b", " ", " ", "\n", "é", "中", "\xa0", "\x01", "\u2009", "\u3000", "\ufeff", "\u200b",
+                "\x85", "°", "\x7f", "\u200c", "\x9f", "\U0001f600"]
+    for _ in range(5000):
+        raw = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30))).encode()
+        found, spaces = text._odd_lines_c(raw, text._ODD_TUPLE)
+        arr = np.frombuffer(raw, dtype=np.uint8)
+        space, brk = arr == 32, arr == 10
+        want_spaces = bool(len(arr)) and bool(space[0] or space[-1] or (space[1:] & (space[:-1] | brk[:-1])).any()
+                                              or (space[:-1] & brk[1:]).any())
+        assert (np.frombuffer(found, np.int64).tolist(), spaces) == (text._odd_lines(raw).tolist(), want_spaces), raw
+    with pytest.raises(ValueError, match="1 to 4 bytes"):
+        text._odd_lines_c(b"a", (b"",))

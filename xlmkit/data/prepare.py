@@ -51,7 +51,7 @@ from xlmkit.data.format import FORMAT, FORMAT_VERSION, SPLITS, SpecialIds, shard
 from xlmkit.core.errors import DataError, reading
 from xlmkit.core.langs import canonical_lang, canonical_pair, check_lang
 from xlmkit.data.text import (HashSet64, clean_line, clean_lines, count_lines, decode_lines, file_sha256,
-                         line_hashes)
+                              joined_line_hashes, line_hashes)
 
 # How the output is derived from the inputs: bumped whenever the same inputs and settings give
 # different shards or tokenizer, so that an output of an earlier version is rebuilt, not taken as up
@@ -352,24 +352,25 @@ def process_chunk(task: tuple, encoder=None) -> tuple:
     if bad is not None:
         reason[bad] = 3
     dropped = np.bincount(reason, minlength=4)[1:].tolist()
-    keys = texts
     # cleaning changed no line (clean_lines hands back the very objects) and decoding stripped no \r: the
-    # bytes as read are the clean lines' UTF-8, hashed and given to the encoder without encoding them again
+    # bytes as read are the clean lines' UTF-8
     as_read = bad is None and not any(b"\r" in raw for raw in raws) \
         and all(all(map(operator.is_, t, s)) for t, s in zip(texts, sides))
-    if dedup and as_read:
-        keys = [raw.split(b"\n")[:n] for raw in raws]
     if any(dropped):
         keep = np.flatnonzero(reason == 0).tolist()
         texts = [[t[i] for i in keep] for t in texts]
-        keys = texts if keys is texts else [[k[i] for i in keep] for k in keys]
+    n_kept = len(texts[0])
+    # Each side's kept lines joined by '\n', in UTF-8: the input of the line hashes and of the word memo.
+    # Where no line changed or went, the bytes as read but the last line break; else joined once here.
+    data = [None] * len(texts)
+    if n_kept and (encoder is not None or (dedup and len(texts) == 1)):
+        data = [raw[:-1] if raw.endswith(b"\n") else raw for raw in raws] if as_read and not any(dropped) \
+            else ["\n".join(t).encode("utf-8") for t in texts]
     hashes = None
-    if dedup:  # on the whole pair for parallel text; clean text holds no tab, so joining is unambiguous
-        joiner = b"\t" if keys and keys[0] and isinstance(keys[0][0], bytes) else "\t"
-        hashes = line_hashes(keys[0] if len(keys) == 1 else list(map(joiner.join, zip(*keys))))
-    # the lines of a side joined by '\n' are the bytes read but the last line break, where no line went
-    data = [raw[:-1] if raw.endswith(b"\n") else raw for raw in raws] if as_read and not any(dropped) and n \
-        else [None] * len(texts)
+    if dedup:
+        hashes = joined_line_hashes(data[0], n_kept) if len(texts) == 1 and data[0] is not None else None
+        if hashes is None:  # a pair is hashed whole (clean text holds no tab, so joining is unambiguous)
+            hashes = line_hashes(texts[0] if len(texts) == 1 else list(map("\t".join, zip(*texts))))
     encoded = None if encoder is None else [encoder.encode_flat(t, eos, dtype, d) for t, d in zip(texts, data)]
     return n, dropped, hashes, encoded
 

@@ -89,6 +89,13 @@ _ODD_MULTI = {k: np.array([int.from_bytes(x, "big") for x in _ODD_UTF8 if len(x)
 assert {x for x in _ODD_UTF8 if len(x) == 1} == {bytes([b]) for b in [*range(10), *range(11, 32), 127]}
 
 
+try:
+    from xlmkit.data._wordtable import odd_lines as _odd_lines_c
+except ImportError:  # not built: the numpy scans below
+    _odd_lines_c = None
+_ODD_TUPLE = tuple(_ODD_UTF8)
+
+
 def _odd_lines(raw: bytes) -> np.ndarray:
     """Indices of the lines of `raw` (UTF-8, lines separated by \\n) holding a character of _ODD_UTF8.
     Comparisons of the uint8 array (vectorised), not table lookups (which widen every byte to intp)."""
@@ -113,6 +120,19 @@ def _odd_lines(raw: bytes) -> np.ndarray:
     return np.unique(np.searchsorted(np.flatnonzero(brk), pos))  # line = newlines before the character
 
 
+def _scan_raw(raw: bytes) -> tuple[list[int], bool]:
+    """(the lines of raw holding a character of _ODD_UTF8, whether a run of spaces or a space at a line's
+    edge is anywhere in it): one pass in C where xlmkit/data/_wordtable.c was built, else numpy passes."""
+    if _odd_lines_c is not None:
+        found, spaces = _odd_lines_c(raw, _ODD_TUPLE)
+        return np.frombuffer(found, dtype=np.int64).tolist(), spaces
+    arr = np.frombuffer(raw, dtype=np.uint8)
+    space, brk = arr == 32, arr == 10
+    spaces = bool(len(arr)) and bool(space[0] or space[-1] or (space[1:] & (space[:-1] | brk[:-1])).any()
+                                     or (space[:-1] & brk[1:]).any())
+    return _odd_lines(raw).tolist(), spaces
+
+
 def clean_lines(lines: list[str], lowercase: bool = False, strip_accents: bool = False, raw: bytes | None = None
                 ) -> list[str]:
     """`[clean_line(x, lowercase, strip_accents) for x in lines]`, the same strings, at a fraction of
@@ -130,12 +150,8 @@ def clean_lines(lines: list[str], lowercase: bool = False, strip_accents: bool =
     n = len(lines)
     slow = set(itertools.compress(range(n), map(operator.not_, map(unicodedata.is_normalized,
                                                                    itertools.repeat("NFKC"), lines))))
-    slow.update(_odd_lines(raw).tolist())
-    arr = np.frombuffer(raw, dtype=np.uint8)
-    space, brk = arr == 32, arr == 10
-    # a run of spaces or a space at a line's edge, anywhere: the fast lines are byte for byte these
-    spaces = bool(len(arr)) and bool(space[0] or space[-1] or (space[1:] & (space[:-1] | brk[:-1])).any()
-                                     or (space[:-1] & brk[1:]).any())
+    odd, spaces = _scan_raw(raw)
+    slow.update(odd)
     out = list(lines)
     for i in slow:
         out[i] = clean_line(lines[i], lowercase, strip_accents)
@@ -199,6 +215,17 @@ def line_hashes(texts: list[str] | list[bytes]) -> np.ndarray:
     h = np.frombuffer(digests, dtype="<u8").astype(np.uint64)
     h[h == 0] = 1
     return h
+
+
+def joined_line_hashes(data: bytes, n_lines: int) -> np.ndarray | None:
+    """line_hashes of the n_lines lines of `data` (their UTF-8 joined by '\\n'), from the bytes as
+    they are; None where the compiled helper is missing or data does not hold n_lines lines."""
+    if _hash_lines is None or n_lines < 1:
+        return None
+    try:
+        return np.frombuffer(_hash_lines(data, n_lines), dtype=np.uint64).copy()
+    except ValueError:
+        return None
 
 
 try:
