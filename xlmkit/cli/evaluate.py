@@ -36,6 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--center", action="store_true",
                         help="move each test language's features to the training language's mean before the "
                              "head (per-language mean centering, Libovicky et al. 2020; test inputs, no labels)")
+    parser.add_argument("--align", action="append", default=[], metavar="DIR",
+                        help="fit, per test language, an affine map of its features onto the training language's "
+                             "on the parallel text in DIR (prepare's file names; repeatable), applied before the "
+                             "head (Libovicky et al. 2020's learned projection)")
+    parser.add_argument("--align-sentences", type=int, default=2000,
+                        help="parallel sentence pairs per language for --align, drawn evenly (default 2000)")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the train / dev / test id split")
 
 
@@ -48,5 +54,5 @@ def run(args: argparse.Namespace) -> int:
              train_fraction=args.train_fraction, dev_fraction=args.dev_fraction, test_all=args.test_all,
              train_split=args.train_split, test_split=args.test_split, per_class=args.per_class,
              unknown_labels=args.unknown_labels, split_seed=args.split_seed,
-             center=args.center)
+             center=args.center, align=args.align, align_sentences=args.align_sentences)
     return 0

@@ -48,6 +48,15 @@ language's mean vector. Here, before the head, each test language's features (th
 task: every token's state) are moved by (training-language mean - this language's mean), the means
 taken over the test inputs of each language, labels unused (transductive, like any test-time
 normalisation). The training language is left as it is.
+
+Alignment (--align DIR): the same paper's learned projection. For each test language with parallel
+text beside the training language in DIR (`xlmkit prepare`'s file names: `un.en-ru.en` /
+`un.en-ru.ru`, several corpora merged), up to --align-sentences pairs are drawn evenly from it, both
+sides encoded by the fine-tuned encoder (the pooled vector; token task: the mean of the tokens'
+states), and an affine map from that language's features onto the training language's is fitted by
+least squares (ridge 1e-2 of the mean feature variance); before the head, the test features go
+through it. No test input and no label is used. Languages without such text are centered if --center
+is given too, else left as they are; the results record which were aligned and on how many pairs.
 """
 
 from __future__ import annotations
@@ -237,9 +246,10 @@ def write_results(out: Path, results: dict, markdown: str) -> None:
 
 
 def evaluate_language(ft_model, encoder, examples: list[Example], labels: Sequence[str], majority: str,
-                      ft, device, per_class: bool, unknown: str, reference=None) -> dict[str, Any]:
+                      ft, device, per_class: bool, unknown: str, reference=None, affine=None) -> dict[str, Any]:
     """Scores of the model and of the majority baseline on one language's examples. `reference`: the
-    training language's mean features, to center this language on (the module doc); None = no centering."""
+    training language's mean features, to center this language on (the module doc); None = no centering.
+    `affine`: (W, b) of fit_affine, to align this language with (the module doc; instead of centering)."""
     from xlmkit.tasks import scores as M
     from xlmkit.tasks.finetune import mean_features, predict, score
 
@@ -263,9 +273,9 @@ def evaluate_language(ft_model, encoder, examples: list[Example], labels: Sequen
     data, stats = encoder.encode(examples, allow_unknown=unknown == "ignore")
     batch_size = max(ft.batch_size, 64)
     shift = None
-    if reference is not None:
+    if reference is not None and affine is None:
         shift = mean_features(ft_model, data, encoder.pad_id, batch_size, device, ft.precision) - reference
-    preds = predict(ft_model, data, encoder.pad_id, batch_size, device, ft.precision, shift=shift)
+    preds = predict(ft_model, data, encoder.pad_id, batch_size, device, ft.precision, shift=shift, affine=affine)
     row = score(examples, preds, labels, per_class=per_class)
     # majority baseline: the most frequent training label everywhere
     if encoder.spec.task == "token":
@@ -288,6 +298,87 @@ def evaluate_language(ft_model, encoder, examples: list[Example], labels: Sequen
 
 
 # ----------------------------------------------------------------------------------------------
+# Alignment on parallel text (--align)
+
+MIN_ALIGN_PAIRS = 100  # fewer pairs than this fit a 256-d map poorly: the language is left unaligned
+
+
+def parallel_sentences(dirs: Sequence[str | Path], lang_a: str, lang_b: str, limit: int) -> list[tuple[str, str]]:
+    """Up to `limit` clean (lang_a, lang_b) sentence pairs from the parallel corpora of `dirs` (found as
+    `xlmkit prepare --data-dir` finds them, either direction, every corpus of the pair), drawn evenly
+    over all of them in file order; pairs with an empty side are left out."""
+    from xlmkit.data.prepare import discover_inputs
+    from xlmkit.data.text import clean_line, read_lines
+
+    pairs: list[tuple[str, str]] = []
+    for d in dirs:
+        _, para = discover_inputs(d)
+        for name, flip in ((f"{lang_a}-{lang_b}", False), (f"{lang_b}-{lang_a}", True)):
+            corpora = para.get(name)
+            if corpora is None:
+                continue
+            for fa, fb in corpora if isinstance(corpora, list) else [corpora]:
+                fa, fb = (fb, fa) if flip else (fa, fb)
+                for a, b in zip(read_lines(fa, skip_bad_lines=True), read_lines(fb, skip_bad_lines=True)):
+                    a, b = clean_line(a or ""), clean_line(b or "")
+                    if a and b:
+                        pairs.append((a, b))
+    if len(pairs) > limit:
+        import numpy as np
+
+        pairs = [pairs[i] for i in np.linspace(0, len(pairs) - 1, limit).round().astype(int)]
+    return pairs
+
+
+def fit_affine(x, y, ridge: float = 1e-2):
+    """(W (D, D), b (D,)) minimising |x W + b - y|^2 + lam |W|^2 over the rows of x, y (N, D): the least
+    squares map of Libovický et al. (2020), with lam = ridge x the mean variance of x's features."""
+    import torch
+
+    x, y = x.double(), y.double()
+    mx, my = x.mean(0), y.mean(0)
+    xc, yc = x - mx, y - my
+    cov = xc.T @ xc / len(x)  # (D, D)
+    lam = ridge * float(cov.diagonal().mean().clamp(min=1e-12))
+    weight = torch.linalg.solve(cov + lam * torch.eye(len(cov), dtype=cov.dtype), xc.T @ yc / len(x))
+    return weight.float(), (my - mx @ weight).float()
+
+
+def _features_of_texts(task_model, encoder, texts: list[str], lang: str, labels: Sequence[str], ft, device):
+    """The fine-tuned encoder's sentence features of raw texts in `lang` (a placeholder label: unused)."""
+    from xlmkit.tasks.finetune import sentence_features
+
+    if encoder.spec.task == "token":
+        examples = [Example(lang=lang, label=[labels[0]] * len(t.split()), tokens=t.split(), source="--align")
+                    for t in texts]
+    else:
+        examples = [Example(lang=lang, label=labels[0], text=t, source="--align") for t in texts]
+    data, _ = encoder.encode(examples, allow_unknown=True)
+    return sentence_features(task_model, data, encoder.pad_id, max(ft.batch_size, 64), device, ft.precision)
+
+
+def fit_alignments(task_model, encoder, dirs: Sequence[str | Path], source_lang: str, langs: Sequence[str],
+                   labels: Sequence[str], ft, device, limit: int) -> tuple[dict[str, tuple], dict[str, int]]:
+    """Per language of `langs` (but source_lang) with >= MIN_ALIGN_PAIRS parallel pairs with source_lang
+    in `dirs`: the affine map of its features onto source_lang's. -> (maps, pairs used per language;
+    0 for a language left unaligned)."""
+    if encoder.spec.task == "pair":
+        raise XlmkitError("--align maps single sentences' features; the pair task is not supported")
+    maps, used = {}, {}
+    for lang in langs:
+        if lang == source_lang:
+            continue
+        pairs = parallel_sentences(dirs, source_lang, lang, limit)
+        used[lang] = len(pairs) if len(pairs) >= MIN_ALIGN_PAIRS else 0
+        if not used[lang]:
+            continue
+        x = _features_of_texts(task_model, encoder, [b for _, b in pairs], lang, labels, ft, device)
+        y = _features_of_texts(task_model, encoder, [a for a, _ in pairs], source_lang, labels, ft, device)
+        maps[lang] = fit_affine(x, y)
+    return maps, used
+
+
+# ----------------------------------------------------------------------------------------------
 # The protocol
 
 
@@ -297,13 +388,14 @@ def evaluate(model: str | Path, data: str | Path | Sequence[str | Path], out: st
              unknown_lang_id: str | None = None, train_fraction: float = 0.8, dev_fraction: float = 0.1,
              test_all: bool = False, train_split: str = "train", test_split: str = "test",
              per_class: bool = False, unknown_labels: str = "error", split_seed: int = 0,
-             center: bool = False) -> dict[str, Any]:
+             center: bool = False, align: Sequence[str | Path] = (), align_sentences: int = 2000) -> dict[str, Any]:
     """`xlmkit evaluate`: zero-shot cross-lingual transfer (the module doc). Fine-tune the pretrained run
     `model` on `train_lang` (default finetune.train_lang) of `data` (a directory or task files) and test
     every language (or `langs`); a fine-tuned run is only tested. Writes OUT/results.json, OUT/results.md
     and OUT/model; returns the results.json object. `config` / `overrides` / `pooling` /
     `unknown_lang_id` as xlmkit.tasks.finetune.finetune_run; `unknown_labels`: "error" or "ignore";
-    `center`: per-language mean centering (the module doc)."""
+    `center`: per-language mean centering; `align`: directories of parallel text to fit each language's
+    affine map onto the training language on, `align_sentences` pairs at most (the module doc)."""
     from xlmkit.tasks.finetune import finetune, is_finetuned_dir, load_finetuned, load_pretrained
     from xlmkit.core.runtime import choose_precision, pick_device
 
@@ -386,9 +478,20 @@ def evaluate(model: str | Path, data: str | Path | Sequence[str | Path], out: st
             ref = [ex for ex in ref if ex.label in known]
         ref_data, _ = encoder.encode(ref, allow_unknown=True)
         reference = mean_features(task_model, ref_data, encoder.pad_id, max(ft.batch_size, 64), device, ft.precision)
+    affines, aligned = {}, {}
+    if align and align_sentences < MIN_ALIGN_PAIRS:
+        raise XlmkitError(f"--align-sentences must be >= {MIN_ALIGN_PAIRS} (a map of D x D numbers needs many "
+                          f"pairs), got {align_sentences}")
+    if align:
+        align_lang = train_lang or canonical_lang(ft.train_lang)
+        affines, aligned = fit_alignments(task_model, encoder, align, align_lang, sorted(test), labels, ft, device,
+                                          align_sentences)
+        print("[evaluate] aligned on parallel text: " + (", ".join(f"{k} {v} pairs" for k, v in aligned.items() if v)
+                                                         or "no language had enough"))
     for lang, exs in sorted(test.items(), key=lambda kv: (kv[0] != train_lang, kv[0])):
         rows[lang] = evaluate_language(task_model, encoder, exs, labels, majority, ft, device, per_class,
-                                       unknown_labels, reference if lang != center_lang else None)
+                                       unknown_labels, reference if lang != center_lang else None,
+                                       affines.get(lang))
     zero_shot = [lang for lang in rows if lang != train_lang]
     avg = average_rows(rows, zero_shot)
     spans = any("span_f1" in r for r in rows.values())
@@ -398,8 +501,13 @@ def evaluate(model: str | Path, data: str | Path | Sequence[str | Path], out: st
     title = (f"# Zero-shot {spec.task} transfer from {train_lang}" if train_lang else f"# {spec.task} evaluation")
     md = [title, "", f"- model: `{model}`", f"- data: `{data}`", f"- protocol: {protocol}",
           f"- labels ({len(labels)}): {', '.join(labels)}", f"- majority baseline: always `{majority}`",
-          *([f"- centering: every language moved to the mean features of {center_lang} (--center)"]
-            if center else []),
+          *([f"- centering: every language moved to the mean features of {center_lang} (--center)"
+             + (" unless aligned" if align else "")] if center else []),
+          *([f"- alignment: affine maps onto {train_lang or ft.train_lang}'s features fitted on parallel text "
+             f"(--align {', '.join(map(str, align))}): "
+             + (", ".join(f"{k} {v} pairs" for k, v in aligned.items() if v) or "none")
+             + (f"; no (or too little) parallel text: {', '.join(k for k, v in aligned.items() if not v)}"
+                if any(not v for v in aligned.values()) else "")] if align else []),
           "- numbers are percentages; avg = mean over the zero-shot languages (train language excluded)", "",
           table]
     notes = []
@@ -417,7 +525,8 @@ def evaluate(model: str | Path, data: str | Path | Sequence[str | Path], out: st
     markdown = "\n".join(md)
     results = {"task": spec.task, "model": str(model), "data": str(data), "train_lang": train_lang,
                "protocol": protocol, "labels": labels, "majority_label": majority, "pooling": spec.pooling,
-               "centering": center_lang, "max_len": spec.max_len, "languages": rows, "average_zero_shot": avg,
+               "centering": center_lang, "alignment": ({"dirs": [str(x) for x in align], "pairs": aligned}
+                                                       if align else None), "max_len": spec.max_len, "languages": rows, "average_zero_shot": avg,
                "finetune": ft_info,
                "seconds": {"total": round(time.time() - t0, 1), "test": round(time.time() - t_test, 1)}}
     write_results(out, results, markdown)

@@ -526,13 +526,41 @@ def mean_features(model: TaskModel, data: Sequence[Encoded], pad_id: int, batch_
     return total / max(count, 1)
 
 
+def sentence_features(model: TaskModel, data: Sequence[Encoded], pad_id: int, batch_size: int, device: torch.device,
+                      precision: str = "auto") -> Tensor:
+    """(N, D) float32, in input order: each example's pooled vector, or (token task) the mean of its
+    real tokens' hidden states."""
+    out: list = [None] * len(data)
+
+    def call(**inputs):
+        f = model.features(**inputs).float()
+        if model.task == "token":
+            m = inputs["attention_mask"][:, :, None].float()  # (B, T, 1)
+            return (f * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, D)
+        return f
+
+    for idx, rows in forward_by_length(model, call, data, pad_id, batch_size, device, precision):
+        for row, i in enumerate(idx):
+            out[i] = rows[row].cpu()
+    if not out:
+        raise ValueError("sentence_features of no data")
+    return torch.stack(out)
+
+
 def predict(model: TaskModel, data: Sequence[Encoded], pad_id: int, batch_size: int, device: torch.device,
-            precision: str = "auto", shift: Tensor | None = None) -> list:
+            precision: str = "auto", shift: Tensor | None = None,
+            affine: tuple[Tensor, Tensor] | None = None) -> list:
     """Predicted label indices: one int per example, or (token task) one array per example holding a
     prediction for each kept word. Batches are formed by length, results returned in input order.
-    `shift` (D,) is subtracted from the features before the head (xlmkit.tasks.evaluate's centering)."""
+    `shift` (D,) is subtracted from the features before the head (xlmkit.tasks.evaluate's centering);
+    `affine` (W (D, D), b (D,)) maps them to features @ W + b instead (its alignment)."""
     out: list = [None] * len(data)
-    call = model if shift is None else (lambda **a: model.head(model.features(**a).float() - shift.to(a["input_ids"].device)))
+    call = model
+    if affine is not None:
+        weight, bias = (t.to(device=device, dtype=torch.float32) for t in affine)
+        call = lambda **a: model.head(model.features(**a).float() @ weight + bias)  # noqa: E731
+    elif shift is not None:
+        call = lambda **a: model.head(model.features(**a).float() - shift.to(a["input_ids"].device))  # noqa: E731
     for idx, logits in forward_by_length(model, call, data, pad_id, batch_size, device, precision):
         pred = logits.float().argmax(-1).cpu().numpy()
         for row, i in enumerate(idx):
