@@ -176,7 +176,11 @@ def test_the_c_table_fills_from_sentencepiece_lists():
     assert t.fill_groups([[1, 3, 3], [3]], starts) is False  # three word starts for two words
     with pytest.raises(ValueError, match="not filled"):
         t.emit(EOS)  # nothing stored: still pending
+    with pytest.raises(TypeError, match="ids must be int"):  # nothing that could run Python code mid-way
+        t.fill_groups([[1, 2, 2, 3], [3, np.int64(0)]], starts)
     assert t.fill_groups([[1, 2, 2, 3], [3, 0]], starts) is True
+    with pytest.raises(ValueError, match="2 groups for 0"):  # found by review: a second fill overwrote the first
+        t.fill_groups([[1, 2, 2, 3], [3, 0]], starts)
     flat, lengths, bad = t.emit(EOS)
     assert np.frombuffer(flat, "<i4").tolist() == [1, 2, 2, 3, EOS, 3, 0, 1, 2, 2, EOS]
     assert np.frombuffer(lengths, "<i8").tolist() == [5, 6] and bad == []

@@ -237,7 +237,7 @@ static inline int storable(const WordTable *t, size_t k) {
 static int find_all(WordTable *t, const unsigned char *d) {
     int grew = 0;
     size_t mask = t->cap - 1;
-    uint64_t hashes[AHEAD];
+    uint64_t hashes[AHEAD] = {0}; /* a word that is not storable leaves its entry unset, and unread */
     size_t n = t->n_words;
     for (size_t k = 0; k < n && k < AHEAD; k++)
         if (storable(t, k)) {
@@ -292,8 +292,11 @@ static PyObject *WordTable_lookup(WordTable *t, PyObject *args) {
     size_t n = (size_t)PyBytes_GET_SIZE(data);
     Py_CLEAR(t->data);
     if (!t->table) { PyErr_SetString(PyExc_ValueError, "WordTable not initialised"); return NULL; }
-    if (n > UINT32_MAX - 1) { /* word offsets are uint32: the caller takes the line path */
-        PyErr_SetString(PyExc_ValueError, "lookup: data over 4 GiB");
+    /* word offsets are uint32, and so are a slot's word_off and ids_off: with the stored words and ids
+     * below 2 GiB when a lookup starts (else the table starts empty) and this chunk adding at most its
+     * own size of each (a piece is at least a byte), neither can pass 4 GiB. The caller takes the line path. */
+    if (n > UINT32_MAX / 2) {
+        PyErr_SetString(PyExc_ValueError, "lookup: data over 2 GiB");
         return NULL;
     }
     if (n_lines < 0 || split_words(t, d, n, n_lines) < 0) {
@@ -364,7 +367,7 @@ static int store_ids(WordTable *t, const char *src, const char *counts, size_t n
         }
         src += c * sizeof(int32_t);
     }
-    t->n_pending = 0;
+    t->n_pending = t->n_groups = 0;
     return 0;
 }
 
@@ -424,7 +427,9 @@ static PyObject *WordTable_fill_groups(WordTable *t, PyObject *args) {
         if (grow((void **)&t->scratch_ids, &t->scratch_ids_cap, n_ids + n, sizeof(int32_t)) < 0) goto done;
         if (grow((void **)&t->scratch_counts, &t->scratch_counts_cap, n_words + t->group_words[g], sizeof(int64_t)) < 0) goto done;
         for (size_t i = 0; i < n; i++) {
-            long id = PyLong_AsLong(PyList_GET_ITEM(ids, i));
+            PyObject *item = PyList_GET_ITEM(ids, i);
+            if (!PyLong_Check(item)) { PyErr_SetString(PyExc_TypeError, "fill_groups: ids must be int"); goto done; }
+            long id = PyLong_AsLong(item); /* an int (or subclass): runs no Python code */
             if (id == -1 && PyErr_Occurred()) goto done;
             if (id < 0 || (size_t)id >= n_pieces) { PyErr_SetString(PyExc_ValueError, "fill_groups: an id out of range"); goto done; }
             if (starts_word[id]) {
