@@ -311,3 +311,62 @@ def test_two_process_ddp_matches_one_process(prepared, tmp_path):
         assert r1["loss"] == pytest.approx(r2["loss"], abs=1e-5)
     v1, v2 = read_metrics(tmp_path / "one", "valid")[-1], read_metrics(tmp_path / "two", "valid")[-1]
     assert v1["mean_ppl"] == pytest.approx(v2["mean_ppl"], rel=1e-4)
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_is_exact(prepared, tmp_path, monkeypatch, capsys):
+    """SIGTERM (a scheduler's preemption) mid-run: the step in progress finishes, a checkpoint of it is
+    saved (here between the regular ones), the command exits 143 with one line saying so; --resume
+    then continues as if nothing had happened: every logged loss and final weight as in a straight run."""
+    import os
+    import signal
+
+    import xlmkit.train.engine as engine
+
+    overrides = ["train.max_steps=8", "train.save_every=100", "train.log_every=1", "train.eval_every=100",
+                 "train.eval_batches=1", "train.precision=fp32", "train.batch_size=8", "model.dropout=0.1",
+                 "model.attention_dropout=0.1"]
+    cfg = config(*overrides)
+    pretrain(cfg, prepared, tmp_path / "straight")
+
+    real, calls = engine.train_on_batch, []
+
+    def signalled_during_step_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:  # step 3's first batch (2 objectives a step: MLM and TLM)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_on_batch", signalled_during_step_3)
+    args = ["pretrain", "--config", "tiny", "--data", str(prepared), "--out", str(tmp_path / "resumed")]
+    for o in overrides:
+        args += ["--set", o]
+    assert main(args) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "SIGTERM at step 3 of 8: stopped after saving" in err and "step_00000003 (what --resume continues from)" in err
+    assert [s for s, _ in list_step_checkpoints(tmp_path / "resumed")] == [3]
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is gone with the run
+    monkeypatch.undo()
+    assert main(args + ["--resume"]) == 0
+    straight = [(r["step"], r["loss"]) for r in read_metrics(tmp_path / "straight", "train")]
+    resumed = [(r["step"], r["loss"]) for r in read_metrics(tmp_path / "resumed", "train")]
+    assert straight == resumed and len(straight) == 8
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_stop_signals_take_the_first_signal_and_give_the_second_its_usual_effect():
+    import os
+    import signal
+
+    from xlmkit.core.runtime import DistInfo
+    from xlmkit.train.engine import StopSignals
+
+    before = signal.getsignal(signal.SIGINT)
+    with StopSignals() as stop:
+        assert stop.requested(DistInfo(), torch.device("cpu")) == 0
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested(DistInfo(), torch.device("cpu")) == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):  # Ctrl-C twice: stop now, as without xlmkit
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before

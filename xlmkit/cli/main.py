@@ -74,10 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv[1:])
     args.command = name
     from xlmkit.core.config import ConfigError
-    from xlmkit.core.errors import XlmkitError
+    from xlmkit.core.errors import Interrupted, XlmkitError
 
     try:
         return int(module.run(args) or 0)
+    except Interrupted as e:
+        print(f"xlmkit {name}: {_one_line(str(e))}", file=sys.stderr)
+        return 128 + e.signum
     except (ConfigError, XlmkitError) as e:
         print(f"xlmkit {name}: error: {_one_line(str(e))}", file=sys.stderr)
         return 2

@@ -24,3 +24,13 @@ class reading:
         if e is not None and isinstance(e, OSError) and not isinstance(e, DataError):
             raise DataError(f"{self.path}: cannot read: {e.strerror or e}") from None
         return False
+
+
+class Interrupted(Exception):
+    """A run stopped by a signal (SIGTERM: a scheduler's preemption or `kill`; SIGINT: Ctrl-C) at the end
+    of an optimizer step, after saving a resumable checkpoint. The command reports it in one line and
+    exits with 128 + the signal number, as a process killed by it would."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum

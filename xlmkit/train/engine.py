@@ -18,6 +18,8 @@ Each batch's loss is its summed loss divided by its number of loss terms over th
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -27,7 +29,7 @@ from typing import Any, Callable, Protocol, Sequence
 import torch
 from torch import Tensor, nn
 
-from xlmkit.core.errors import XlmkitError
+from xlmkit.core.errors import Interrupted, XlmkitError
 
 
 # ----------------------------------------------------------------------------------------------
@@ -268,6 +270,44 @@ def open_run_dir(out_dir: Path, resume: bool, dist, name: str, write_files: Call
 # The loop
 
 
+class StopSignals:
+    """SIGTERM and SIGINT, while a run trains, ask it to stop at the end of the current optimizer step
+    (after a checkpoint) instead of killing it mid-step: clusters send SIGTERM before preempting a job
+    (SLURM, Kubernetes), and a Ctrl-C should not lose the steps since the last save. A second signal
+    of the same kind acts as it would without this (the default handler is back after the first).
+    Installed only in the main thread (where Python delivers signals); elsewhere it never fires."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        self.signum = signum
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    def requested(self, dist, device: torch.device) -> int:
+        """The signal number if this process (or, under torchrun, any process: they stop at the same
+        step, since saving is collective) was signalled, else 0."""
+        from xlmkit.core.runtime import all_reduce_sum
+
+        if not dist.enabled:
+            return self.signum
+        got = all_reduce_sum(torch.tensor([float(self.signum)], device=device), dist)
+        return int(self.signum or (signal.SIGTERM if float(got) > 0 else 0))
+
+
 def train(job: TrainJob, loop: LoopConfig, optim: OptimConfig, out_dir: str | Path | None, dist, device: torch.device,
           resume_from: Path | None = None, log: Callable[[str], None] = print) -> TrainResult:
     """Train `job` for loop.max_steps optimizer steps (from `resume_from`'s step when given, with its
@@ -334,6 +374,7 @@ def train(job: TrainJob, loop: LoopConfig, optim: OptimConfig, out_dir: str | Pa
     stopped_early = False
     bar = tqdm(total=loop.max_steps, initial=step, disable=not dist.is_main, dynamic_ncols=True, desc=loop.name)
     model.train()
+    stop = StopSignals().__enter__()
     try:
         while step < loop.max_steps:
             # -- one optimizer step: every objective's batch, in micro-batches ----------------------
@@ -388,16 +429,29 @@ def train(job: TrainJob, loop: LoopConfig, optim: OptimConfig, out_dir: str | Pa
                 elif key in last_eval:
                     bad_evals += 1
                 stopped_early = loop.patience > 0 and bad_evals >= loop.patience
-            if writes and (step % loop.save_every == 0 or step == loop.max_steps or stopped_early):
+            saved = writes and (step % loop.save_every == 0 or step == loop.max_steps or stopped_early)
+            if saved:
                 save(step_dir(out, step), with_state=True)
                 if dist.is_main:
                     prune_checkpoints(out, loop.keep_last)
+            signum = stop.requested(dist, device)
+            if signum and step < loop.max_steps:
+                if writes and not saved:
+                    save(step_dir(out, step), with_state=True)
+                    if dist.is_main:
+                        prune_checkpoints(out, loop.keep_last)
+                name = signal.Signals(signum).name
+                raise Interrupted(f"{name} at step {step} of {loop.max_steps}: stopped after saving "
+                                  f"{step_dir(out, step)} (what --resume continues from)" if writes else
+                                  f"{name} at step {step} of {loop.max_steps}: stopped (no run directory: nothing "
+                                  f"saved)", signum)
             window_start += time.perf_counter() - pause_start
             if stopped_early:
                 log(f"[{loop.name}] early stop: no improvement of {key} in {loop.patience} evaluation(s); "
                     f"best at step {best_record.get('step')}")
                 break
     finally:
+        stop.__exit__()
         bar.close()
         if profiler is not None:
             profiler.stop()
