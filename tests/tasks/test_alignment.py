@@ -71,6 +71,7 @@ def test_align_is_recorded(aligned_eval):
     d, para, out = aligned_eval
     res = json.loads((out / "results.json").read_text())
     assert res["alignment"] == {"dirs": [str(para)], "pairs": {"fr": 120, "de": 0}}
+    assert [res["languages"][lang].get("aligned_pairs") for lang in ("en", "fr", "de")] == [None, 120, 0]
     md = (out / "results.md").read_text()
     assert "alignment: affine maps onto en's features" in md and "fr 120 pairs" in md
     assert "no (or too little) parallel text: de" in md and "unless aligned" in md

@@ -492,6 +492,8 @@ def evaluate(model: str | Path, data: str | Path | Sequence[str | Path], out: st
         rows[lang] = evaluate_language(task_model, encoder, exs, labels, majority, ft, device, per_class,
                                        unknown_labels, reference if lang != center_lang else None,
                                        affines.get(lang))
+        if lang in aligned:  # a column of `xlmkit report`'s table: which languages were aligned, on how much
+            rows[lang]["aligned_pairs"] = aligned[lang]
     zero_shot = [lang for lang in rows if lang != train_lang]
     avg = average_rows(rows, zero_shot)
     spans = any("span_f1" in r for r in rows.values())
