@@ -78,6 +78,9 @@ def test_language_ids_and_their_errors():
     with pytest.raises(DataError, match=r"x\.jsonl:3: language 'de' has no language embedding in this model"):
         c.lang_id("de", where="x.jsonl:3")
     assert c.missing_langs(["en", "de", "fr"]) == ["de"]
+    # a script subtag the model lacks takes its language's embedding, not the unknown id
+    assert c.lang_id("fr-latn", unknown=0) == 1 and c.lang_id("fra_Latn") == 1
+    assert c.missing_langs(["fr-latn", "de-latn"]) == ["de-latn"]
     no_emb = RunContract.from_vocab(VOCAB)  # a model without language embeddings: no ids at all
     assert no_emb.lang_id("de") is None and no_emb.resolve_unknown("99") is None
 

@@ -16,6 +16,11 @@ def test_folder_names_map_to_language_ids():
     assert folder_language("zho_Hans") == "zh"
     assert folder_language("zho_Hant") == "zh-hant"  # not the usual script: kept
     assert folder_language("rus_Cyrl") == "ru"
+    # FLORES names a macrolanguage's standard member: it is the macrolanguage (parallel text `en-ar`,
+    # the model's `ar`); other members stay themselves
+    assert folder_language("arb_Arab") == "ar" and folder_language("swh_Latn") == "sw"
+    assert folder_language("arz_Arab") == "arz" and folder_language("prs_Arab") == "prs"
+    assert folder_language("mya_Mymr") == "my"  # a 639-3 code outside the corpora table: still its 639-1
     assert folder_language("german") == "de" and folder_language("Portuguese") == "pt"
     with pytest.raises(DataError, match="language code"):
         folder_language("misc stuff")
@@ -95,7 +100,7 @@ def test_the_shared_benchmarks_read_as_published(shared_data):
         pytest.skip("no classification sets in shared data")
     data = read_language_folders(sib)
     assert len(data["train"]) == 24 and {len(v) for v in data["train"].values()} == {701}
-    assert {len(v) for v in data["dev"].values()} == {99} and {"zh", "zh-hant", "ru", "en"} <= set(data["dev"])
+    assert {len(v) for v in data["dev"].values()} == {99} and {"zh", "zh-hant", "ru", "en", "ar"} <= set(data["dev"])
     assert len({e.label for e in data["train"]["en"]}) == 7
     data = read_language_folders(senti)
     assert sorted(data["train"]) == ["ar", "de", "en", "es", "fr", "hi", "it", "pt"]

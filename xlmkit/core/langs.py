@@ -2,41 +2,57 @@
 
 Real corpora mix ISO 639-3 (`eng`, `fra`, Tatoeba, Leipzig) and ISO 639-1 (`en`, `fr`, UD, Multi30K).
 xlmkit uses ISO 639-1 where the language has one and the 639-3 code otherwise, so `eng.txt` and
-`multi30k.en-fr.en` are the same language.
+`multi30k.en-fr.en` are the same language. Where corpora name a macrolanguage's main member rather
+than the macrolanguage (FLORES / SIB-200: `arb_Arab`, `cmn_Hans`, `swh_Latn`, `pes_Arab`), the member
+is taken as the macrolanguage's 639-1 code too (`arb` -> `ar`), so that it meets the model's language
+embedding and parallel text of that code; other members keep their own code (`arz`, `azb`, `prs`).
 """
 
 from __future__ import annotations
 
 import re
 
-ISO3_TO_ISO1 = {
+from xlmkit.core.iso639 import ISO639_3_TO_1
+
+# Individual languages that corpora use for a macrolanguage, with the macrolanguage's 639-1 code
+# (SIL's ISO 639-3 macrolanguage mappings; only the standard / most-spoken member of each).
+MACROLANGUAGE_MEMBERS = {
+    "arb": "ar", "azj": "az", "cmn": "zh", "ekk": "et", "gaz": "om", "khk": "mn", "kmr": "ku", "lvs": "lv",
+    "npi": "ne", "ory": "or", "pbt": "ps", "pes": "fa", "plt": "mg", "quy": "qu", "swh": "sw", "uzn": "uz",
+    "ydd": "yi", "zsm": "ms", "als": "sq",
+}
+
+# The 639-2/3 codes that corpora put in file names (lang_from_filename recognises these; any other code
+# is still canonicalised by canonical_lang through the full tables).
+ISO3_TO_ISO1 = {**MACROLANGUAGE_MEMBERS, **{
     "afr": "af", "amh": "am", "ara": "ar", "aze": "az", "bel": "be", "ben": "bn", "bos": "bs", "bre": "br",
-    "bul": "bg", "cat": "ca", "ces": "cs", "cze": "cs", "cmn": "zh", "zho": "zh", "chi": "zh", "cym": "cy",
+    "bul": "bg", "cat": "ca", "ces": "cs", "cze": "cs", "zho": "zh", "chi": "zh", "cym": "cy",
     "wel": "cy", "dan": "da", "deu": "de", "ger": "de", "ell": "el", "gre": "el", "eng": "en", "epo": "eo",
-    "est": "et", "eus": "eu", "baq": "eu", "fao": "fo", "fas": "fa", "per": "fa", "pes": "fa", "fin": "fi",
+    "est": "et", "eus": "eu", "baq": "eu", "fao": "fo", "fas": "fa", "per": "fa", "fin": "fi",
     "fra": "fr", "fre": "fr", "fry": "fy", "gla": "gd", "gle": "ga", "glg": "gl", "guj": "gu", "heb": "he",
     "hin": "hi", "hrv": "hr", "hun": "hu", "hye": "hy", "arm": "hy", "ido": "io", "ile": "ie", "ina": "ia",
     "ind": "id", "isl": "is", "ice": "is", "ita": "it", "jav": "jv", "jpn": "ja", "kat": "ka", "geo": "ka",
-    "kaz": "kk", "khm": "km", "kor": "ko", "kur": "ku", "lat": "la", "lit": "lt", "lvs": "lv", "lav": "lv",
+    "kaz": "kk", "khm": "km", "kor": "ko", "kur": "ku", "lat": "la", "lit": "lt", "lav": "lv",
     "lug": "lg", "mal": "ml", "mar": "mr", "mkd": "mk", "mac": "mk", "mon": "mn", "mri": "mi", "mao": "mi",
-    "msa": "ms", "may": "ms", "zsm": "ms", "nld": "nl", "dut": "nl", "nno": "nn", "nob": "nb", "nor": "no",
+    "msa": "ms", "may": "ms", "nld": "nl", "dut": "nl", "nno": "nn", "nob": "nb", "nor": "no",
     "oci": "oc", "pan": "pa", "pol": "pl", "por": "pt", "ron": "ro", "rum": "ro", "rus": "ru", "slk": "sk",
     "slo": "sk", "slv": "sl", "sna": "sn", "som": "so", "sot": "st", "spa": "es", "sqi": "sq", "alb": "sq",
-    "srp": "sr", "swa": "sw", "swh": "sw", "swe": "sv", "tam": "ta", "tat": "tt", "tel": "te", "tgl": "tl",
+    "srp": "sr", "swa": "sw", "swe": "sv", "tam": "ta", "tat": "tt", "tel": "te", "tgl": "tl",
     "tha": "th", "tsn": "tn", "tso": "ts", "tuk": "tk", "tur": "tr", "uig": "ug", "ukr": "uk", "urd": "ur",
     "uzb": "uz", "vie": "vi", "xho": "xh", "yid": "yi", "yor": "yo", "yue": "yue", "zul": "zu", "nds": "nds",
-}
+}}
 
 _CODE = re.compile(r"^[a-z]{2,3}([_-][A-Za-z0-9]{2,8})?$")
 
 
 def canonical_lang(code: str) -> str:
-    """'eng' -> 'en', 'EN' -> 'en', 'ber' -> 'ber'. Raises ValueError for something that is no code."""
+    """'eng' -> 'en', 'EN' -> 'en', 'arb' -> 'ar', 'zho_Hant' -> 'zh-hant', 'ber' -> 'ber'. Raises
+    ValueError for something that is no code."""
     c = code.strip()
     if not _CODE.match(c.lower()):
         raise ValueError(f"not a language code: {code!r} (expected ISO 639-1 or 639-3, e.g. 'en' or 'eng')")
-    c = c.lower().replace("_", "-")
-    return ISO3_TO_ISO1.get(c, c)
+    base, dash, subtag = c.lower().replace("_", "-").partition("-")
+    return (ISO3_TO_ISO1.get(base) or ISO639_3_TO_1.get(base, base)) + dash + subtag
 
 
 def canonical_pair(pair: str) -> str:

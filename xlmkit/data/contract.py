@@ -231,13 +231,16 @@ class RunContract:
 
     def lang_id(self, lang: str, unknown: int | None = None, where: str | None = None) -> int | None:
         """The language-embedding id of `lang` (any code form); None for a model without language
-        embeddings. A language missing from lang2id gets `unknown` (see resolve_unknown); without one
-        it is an error (a DataError naming `where`, the example's file and line, when given)."""
+        embeddings. A code with a script or region subtag that lang2id lacks takes its language's id
+        (`zh-hant` -> `zh`'s: the language embedding is the language's, whatever its script). A language
+        missing from lang2id gets `unknown` (see resolve_unknown); without one it is an error (a
+        DataError naming `where`, the example's file and line, when given)."""
         if not self.has_lang_emb:
             return None
+        known = self.known_code(lang)
+        if known is not None:
+            return int(self.lang2id[known])
         code = canonical_lang(lang)
-        if code in self.lang2id:
-            return int(self.lang2id[code])
         if unknown is not None:
             return unknown
         if where is not None:
@@ -247,9 +250,18 @@ class RunContract:
         raise XlmkitError(f"the model has no language embedding for {code!r} (knows: {self._known()}); pass "
                           "--unknown-lang-id ID|LANG to embed it with another language's id")
 
+    def known_code(self, lang: str) -> str | None:
+        """The key of lang2id that `lang` takes: its canonical code, else the code without its subtag
+        (`zh-hant` -> `zh`), else None."""
+        code = canonical_lang(lang)
+        if code in self.lang2id:
+            return code
+        base = code.partition("-")[0]
+        return base if base in self.lang2id else None
+
     def missing_langs(self, langs: Sequence[str]) -> list[str]:
-        """The languages of `langs` that lang2id lacks (canonical codes, in order)."""
-        return [c for c in (canonical_lang(x) for x in langs) if c not in self.lang2id]
+        """The languages of `langs` that lang2id lacks, even without a subtag (canonical codes, in order)."""
+        return [canonical_lang(x) for x in langs if self.known_code(x) is None]
 
     # -- ids that are not subwords -------------------------------------------------------------
 
