@@ -22,25 +22,15 @@ MACROLANGUAGE_MEMBERS = {
     "ydd": "yi", "zsm": "ms", "als": "sq",
 }
 
-# The 639-2/3 codes that corpora put in file names (lang_from_filename recognises these; any other code
-# is still canonicalised by canonical_lang through the full tables).
-ISO3_TO_ISO1 = {**MACROLANGUAGE_MEMBERS, **{
-    "afr": "af", "amh": "am", "ara": "ar", "aze": "az", "bel": "be", "ben": "bn", "bos": "bs", "bre": "br",
-    "bul": "bg", "cat": "ca", "ces": "cs", "cze": "cs", "zho": "zh", "chi": "zh", "cym": "cy",
-    "wel": "cy", "dan": "da", "deu": "de", "ger": "de", "ell": "el", "gre": "el", "eng": "en", "epo": "eo",
-    "est": "et", "eus": "eu", "baq": "eu", "fao": "fo", "fas": "fa", "per": "fa", "fin": "fi",
-    "fra": "fr", "fre": "fr", "fry": "fy", "gla": "gd", "gle": "ga", "glg": "gl", "guj": "gu", "heb": "he",
-    "hin": "hi", "hrv": "hr", "hun": "hu", "hye": "hy", "arm": "hy", "ido": "io", "ile": "ie", "ina": "ia",
-    "ind": "id", "isl": "is", "ice": "is", "ita": "it", "jav": "jv", "jpn": "ja", "kat": "ka", "geo": "ka",
-    "kaz": "kk", "khm": "km", "kor": "ko", "kur": "ku", "lat": "la", "lit": "lt", "lav": "lv",
-    "lug": "lg", "mal": "ml", "mar": "mr", "mkd": "mk", "mac": "mk", "mon": "mn", "mri": "mi", "mao": "mi",
-    "msa": "ms", "may": "ms", "nld": "nl", "dut": "nl", "nno": "nn", "nob": "nb", "nor": "no",
-    "oci": "oc", "pan": "pa", "pol": "pl", "por": "pt", "ron": "ro", "rum": "ro", "rus": "ru", "slk": "sk",
-    "slo": "sk", "slv": "sl", "sna": "sn", "som": "so", "sot": "st", "spa": "es", "sqi": "sq", "alb": "sq",
-    "srp": "sr", "swa": "sw", "swe": "sv", "tam": "ta", "tat": "tt", "tel": "te", "tgl": "tl",
-    "tha": "th", "tsn": "tn", "tso": "ts", "tuk": "tk", "tur": "tr", "uig": "ug", "ukr": "uk", "urd": "ur",
-    "uzb": "uz", "vie": "vi", "xho": "xh", "yid": "yi", "yor": "yo", "yue": "yue", "zul": "zu", "nds": "nds",
-}}
+# The three-letter codes that corpora put in file names (lang_from_filename recognises these and the
+# macrolanguage members; canonical_lang maps any code through the full tables).
+CORPUS_CODES = frozenset("""
+afr alb amh ara arm aze baq bel ben bos bre bul cat ces chi cym cze dan deu dut ell eng epo est eus
+fao fas fin fra fre fry geo ger gla gle glg gre guj heb hin hrv hun hye ice ido ile ina ind isl ita
+jav jpn kat kaz khm kor kur lat lav lit lug mac mal mao mar may mkd mon mri msa nds nld nno nob nor
+oci pan per pol por ron rum rus slk slo slv sna som sot spa sqi srp swa swe tam tat tel tgl tha tsn
+tso tuk tur uig ukr urd uzb vie wel xho yid yor yue zho zul
+""".split()) | frozenset(MACROLANGUAGE_MEMBERS)
 
 _CODE = re.compile(r"^[a-z]{2,3}([_-][A-Za-z0-9]{2,8})?$")
 
@@ -52,7 +42,7 @@ def canonical_lang(code: str) -> str:
     if not _CODE.match(c.lower()):
         raise ValueError(f"not a language code: {code!r} (expected ISO 639-1 or 639-3, e.g. 'en' or 'eng')")
     base, dash, subtag = c.lower().replace("_", "-").partition("-")
-    return (ISO3_TO_ISO1.get(base) or ISO639_3_TO_1.get(base, base)) + dash + subtag
+    return (MACROLANGUAGE_MEMBERS.get(base) or ISO639_3_TO_1.get(base, base)) + dash + subtag
 
 
 def canonical_pair(pair: str) -> str:

@@ -36,7 +36,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from xlmkit.core.errors import DataError, reading
-from xlmkit.core.langs import ISO3_TO_ISO1, canonical_lang
+from xlmkit.core.langs import CORPUS_CODES, canonical_lang
 
 TASKS = ("classification", "pair", "token")
 SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".tsv": "tsv", ".conllu": "conllu",
@@ -49,7 +49,7 @@ _TEXT_B_KEYS = ("text_b", "sentence2", "hypothesis")
 _LABEL_KEYS = ("label", "gold_label")
 _TOKENS_KEYS = ("tokens", "words")
 _TAGS_KEYS = ("labels", "tags", "ner_tags", "upos")
-_KNOWN_CODES = set(ISO3_TO_ISO1) | set(ISO3_TO_ISO1.values())
+_KNOWN_CODES = CORPUS_CODES | {canonical_lang(c) for c in CORPUS_CODES}
 
 
 @dataclass
